@@ -1,0 +1,38 @@
+"""The one canonical encoding, used wherever bytes are authenticated.
+
+``encode(f1, …, fn) = u32be(len(f1)) || f1 || … || u32be(len(fn)) || fn``
+
+Fields are bytes, UTF-8 text, or unsigned integers (8 bytes, big-endian). The length
+prefix makes the encoding injective: no two field lists encode to the same bytes, so a
+value cannot be shifted from one field into its neighbour. Both the envelope's
+associated data and the audit record hash are built with it (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import struct
+
+Field = bytes | str | int
+
+
+def field_bytes(value: Field) -> bytes:
+    if isinstance(value, bool):
+        raise TypeError("booleans have no canonical encoding; use an int")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("canonical integers are unsigned")
+        return value.to_bytes(8, "big")
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"no canonical encoding for {type(value).__name__}")
+
+
+def encode(*fields: Field) -> bytes:
+    out = bytearray()
+    for value in fields:
+        data = field_bytes(value)
+        out += struct.pack(">I", len(data))
+        out += data
+    return bytes(out)

@@ -1,0 +1,215 @@
+"""The private PKCS#11 session layer: one logged-in session per token per process.
+
+Why each rule here exists:
+
+* One process-wide lock around every PKCS#11 call. python-pkcs11 initialises the module
+  without locking callbacks, and SoftHSM2 corrupts memory when two threads call in at once.
+* One shared session per (module, token) per process. A login holds for the whole token in a
+  process and closing the logged-in session logs every session out, so instances share the
+  session and never close it behind each other's back.
+* Per process id. After a fork the child finalises and initialises the library again before
+  first use (the Airflow task supervisor forks; SoftHSM2 with ``reset_on_fork`` and network
+  HSMs invalidate the parent's handles).
+* Initialise-and-login is serialised across processes with a file lock and retried once
+  after finalise/initialise: SoftHSM2 rewrites the token file at every login, so processes
+  logging in at the same moment can read a torn token (SoftHSMv2 issue #757).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import exceptions as p11e
+
+from airflow_provider_mlsecrets.errors import HSMUnavailable
+
+T = TypeVar("T")
+
+PROCESS_LOCK = threading.RLock()
+
+# Errors after which the session is gone and a fresh login may help.
+SESSION_LOST: tuple[type[Exception], ...] = (
+    p11e.SessionHandleInvalid,
+    p11e.SessionClosed,
+    p11e.DeviceRemoved,
+    p11e.DeviceError,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.UserNotLoggedIn,
+)
+# Errors a torn SoftHSM2 token file shows at login (SoftHSMv2 issue #757).
+TORN_TOKEN: tuple[type[Exception], ...] = (p11e.GeneralError, p11e.NoSuchToken)
+
+
+@dataclass(frozen=True)
+class TokenAddress:
+    """Which token to log in to, and how."""
+
+    module: str
+    label: str
+    read_pin: Callable[[], str]
+    lock_file: Path
+
+
+class _Shared:
+    """The logged-in session this process holds for one token."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.session: Any = None
+        self.objects: dict[str, Any] = {}
+
+
+_SHARED: dict[tuple[str, str], _Shared] = {}
+
+
+def run(address: TokenAddress, operation: Callable[[Any], T], *, retry: bool = True) -> T:
+    """Run ``operation(session)`` under the process lock, logging in first if needed.
+
+    If the session turns out to be gone (HSM restarted, token re-inserted), it is dropped,
+    opened again and ``operation`` retried once when ``retry`` allows it.
+    """
+    with PROCESS_LOCK:
+        shared = _current(address)
+        try:
+            return operation(shared.session)
+        except SESSION_LOST:
+            if not retry:
+                raise
+            _drop(address, reinitialise=True)
+            return operation(_current(address).session)
+
+
+def cached_object(address: TokenAddress, label: str, find: Callable[[Any], Any]) -> Any:
+    """An object handle, looked up once per session; call under :func:`run`."""
+    shared = _current(address)
+    if label not in shared.objects:
+        shared.objects[label] = find(shared.session)
+    return shared.objects[label]
+
+
+def forget_object(address: TokenAddress, label: str) -> None:
+    with PROCESS_LOCK:
+        shared = _SHARED.get((address.module, address.label))
+        if shared is not None:
+            shared.objects.pop(label, None)
+
+
+def _current(address: TokenAddress) -> _Shared:
+    key = (address.module, address.label)
+    shared = _SHARED.get(key)
+    if shared is not None and shared.pid != os.getpid():
+        # Forked: the parent's handles mean nothing here. Start the library afresh.
+        _SHARED.clear()
+        _reinitialise(address.module)
+        shared = None
+    if shared is None or shared.session is None:
+        shared = _Shared()
+        shared.session = _login(address)
+        _SHARED[key] = shared
+    return shared
+
+
+def _drop(address: TokenAddress, *, reinitialise: bool) -> None:
+    _SHARED.pop((address.module, address.label), None)
+    if reinitialise:
+        _reinitialise(address.module)
+
+
+def _load(module: str) -> Any:
+    if not os.path.isfile(module):
+        raise HSMUnavailable(
+            f"the PKCS#11 module {module} does not exist; install it (for SoftHSM2: "
+            "'apt-get install softhsm2') or fix MLSECRETS_PKCS11_MODULE"
+        )
+    try:
+        return pkcs11.lib(module)
+    except p11e.PKCS11Error as exc:
+        raise HSMUnavailable(
+            f"cannot load the PKCS#11 module {module} ({type(exc).__name__}); "
+            "check MLSECRETS_PKCS11_MODULE and, for SoftHSM2, SOFTHSM2_CONF"
+        ) from None
+
+
+def _reinitialise(module: str) -> None:
+    lib = _load(module)
+    try:
+        lib.finalize()
+    except p11e.PKCS11Error:
+        pass  # already finalised (a reset_on_fork child): initialising is what matters
+    lib.initialize()
+
+
+def _login(address: TokenAddress) -> Any:
+    pin = address.read_pin()
+    with _file_lock(address.lock_file):
+        try:
+            return _open(address, pin)
+        except TORN_TOKEN:
+            _reinitialise(address.module)
+        try:
+            return _open(address, pin)
+        except p11e.NoSuchToken:
+            raise describe_missing_token(address) from None
+        except p11e.GeneralError:
+            raise HSMUnavailable(
+                f"token {address.label!r} failed at login twice (GeneralError); check that the "
+                "token store is readable and not being rewritten by another tool"
+            ) from None
+
+
+def _open(address: TokenAddress, pin: str) -> Any:
+    lib = _load(address.module)
+    try:
+        token = lib.get_token(token_label=address.label)
+    except p11e.MultipleTokensReturned:
+        raise HSMUnavailable(
+            f"more than one token is labelled {address.label!r}; give each token a unique label"
+        ) from None
+    try:
+        return token.open(user_pin=pin, rw=True)
+    except p11e.UserAlreadyLoggedIn:
+        # Another session of this process logged in to the token; share that login.
+        return token.open(rw=True)
+    except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
+        raise HSMUnavailable(
+            f"the HSM rejected the PIN for token {address.label!r}; check "
+            "MLSECRETS_PKCS11_PIN_FILE (or MLSECRETS_PKCS11_PIN)"
+        ) from None
+    except p11e.PinLocked:
+        raise HSMUnavailable(
+            f"the user PIN of token {address.label!r} is locked; a security officer must reset it"
+        ) from None
+
+
+def describe_missing_token(address: TokenAddress) -> HSMUnavailable:
+    """The error for an unknown token label, listing the labels that do exist."""
+    try:
+        labels = sorted(t.label for t in _load(address.module).get_tokens())
+    except p11e.PKCS11Error:
+        labels = []
+    return HSMUnavailable(
+        f"no token labelled {address.label!r} in {address.module} (tokens present: "
+        f"{', '.join(map(repr, labels)) or 'none'}); check MLSECRETS_PKCS11_TOKEN, or run "
+        "'mlsecrets init --dev' for a local SoftHSM2 token"
+    )
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,170 @@
+"""Settings: one frozen, validated object built in one place.
+
+Every surface (CLI, secrets backend, hook, operator, DAG) builds its settings with
+:meth:`Settings.load`, which reads the ``MLSECRETS_*`` environment and, beneath it, the
+optional ``$MLSECRETS_HOME/config.json`` (same keys as the environment; ``init --dev``
+writes it). The environment wins. PINs and tokens are read from their files only when
+needed and never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from airflow_provider_mlsecrets.errors import ConfigurationError
+
+CONFIG_FILE = "config.json"
+DEFAULT_TOKEN_LABEL = "mlsecrets"
+DEFAULT_KEY_PREFIX = "mlsecrets"
+DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+DEFAULT_MAX_VERSIONS = 10
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
+
+# setting name -> environment variable (and config.json key)
+ENVIRONMENT = {
+    "home": "MLSECRETS_HOME",
+    "db_url": "MLSECRETS_DB_URL",
+    "pkcs11_module": "MLSECRETS_PKCS11_MODULE",
+    "pkcs11_token": "MLSECRETS_PKCS11_TOKEN",
+    "pkcs11_pin": "MLSECRETS_PKCS11_PIN",
+    "pkcs11_pin_file": "MLSECRETS_PKCS11_PIN_FILE",
+    "softhsm2_conf": "MLSECRETS_SOFTHSM2_CONF",
+    "key_prefix": "MLSECRETS_KEY_PREFIX",
+    "max_value_bytes": "MLSECRETS_MAX_VALUE_BYTES",
+    "max_versions": "MLSECRETS_MAX_VERSIONS",
+    "token": "MLSECRETS_TOKEN",
+    "token_file": "MLSECRETS_TOKEN_FILE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the vault lives and how to reach its HSM. See ``docs/configuration.md``."""
+
+    home: Path
+    db_url: str
+    pkcs11_module: str | None = None
+    pkcs11_token: str = DEFAULT_TOKEN_LABEL
+    pkcs11_pin: str | None = field(default=None, repr=False)
+    pkcs11_pin_file: Path | None = None
+    softhsm2_conf: Path | None = None
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_versions: int = DEFAULT_MAX_VERSIONS
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.db_url:
+            raise ConfigurationError("MLSECRETS_DB_URL is empty; give a SQLAlchemy URL")
+        if not _LABEL.fullmatch(self.pkcs11_token):
+            raise ConfigurationError(f"MLSECRETS_PKCS11_TOKEN {self.pkcs11_token!r} is not a label")
+        if not _LABEL.fullmatch(self.key_prefix):
+            raise ConfigurationError(f"MLSECRETS_KEY_PREFIX {self.key_prefix!r} is not a label")
+        if not 1 <= self.max_value_bytes <= 16 * 1024 * 1024:
+            raise ConfigurationError("MLSECRETS_MAX_VALUE_BYTES must be between 1 and 16777216")
+        if not 1 <= self.max_versions <= 10_000:
+            raise ConfigurationError("MLSECRETS_MAX_VERSIONS must be between 1 and 10000")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from the environment over ``$MLSECRETS_HOME/config.json``."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("MLSECRETS_HOME") or Path.home() / ".mlsecrets").expanduser()
+        merged: dict[str, str] = {**_read_config_file(home), **env}
+        raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
+        kwargs: dict[str, object] = {"home": home}
+        kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"
+        for name in ("pkcs11_module", "pkcs11_pin", "token"):
+            kwargs[name] = raw[name]
+        for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file"):
+            kwargs[name] = _resolve(home, raw[name])
+        for name in ("pkcs11_token", "key_prefix"):
+            if raw[name]:
+                kwargs[name] = raw[name]
+        for name in ("max_value_bytes", "max_versions"):
+            if raw[name]:
+                kwargs[name] = _integer(ENVIRONMENT[name], raw[name])
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def lock_file(self) -> Path:
+        """The file lock that serialises PKCS#11 initialise-and-login across processes."""
+        if self.softhsm2_conf is not None:
+            return self.softhsm2_conf.with_name("pkcs11.lock")
+        return self.home / "pkcs11.lock"
+
+    def read_pin(self) -> str:
+        """The HSM user PIN, read from the environment or its file at the moment of login."""
+        if self.pkcs11_pin:
+            return self.pkcs11_pin
+        if self.pkcs11_pin_file is not None:
+            return _read_secret_file(self.pkcs11_pin_file, "MLSECRETS_PKCS11_PIN_FILE")
+        raise ConfigurationError(
+            "no HSM PIN: set MLSECRETS_PKCS11_PIN_FILE (recommended) or MLSECRETS_PKCS11_PIN, "
+            "or run 'mlsecrets init --dev' for a local SoftHSM2 token"
+        )
+
+    def read_caller_token(self) -> str | None:
+        """The caller's principal token, if one is configured."""
+        if self.token:
+            return self.token.strip()
+        if self.token_file is not None:
+            return _read_secret_file(self.token_file, "MLSECRETS_TOKEN_FILE")
+        return None
+
+    def as_config(self) -> dict[str, str]:
+        """The non-secret settings as ``config.json`` stores them (no PIN, no token)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("home", "pkcs11_pin", "token", "token_file") or value is None:
+                continue
+            out[ENVIRONMENT[f.name]] = str(value)
+        return out
+
+
+def _read_config_file(home: Path) -> dict[str, str]:
+    path = home / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        k in ENVIRONMENT.values() and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigurationError(
+            f"{path} must be a JSON object of MLSECRETS_* names to strings; see docs/configuration.md"
+        )
+    return data
+
+
+def _resolve(home: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else home / path
+
+
+def _integer(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _read_secret_file(path: Path, name: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {name} ({path}): {exc.strerror}") from None
+    if not text:
+        raise ConfigurationError(f"{name} ({path}) is empty")
+    return text

@@ -1,0 +1,1 @@
+"""Store: SQLAlchemy models, engines and Alembic migrations. Holds ciphertext only."""

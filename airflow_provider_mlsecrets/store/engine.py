@@ -1,0 +1,77 @@
+"""Database engines, created lazily, one per URL per process.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged write survives a power
+cut) and every transaction starts with ``BEGIN IMMEDIATE``: every operation here writes at
+least an audit record, and taking the write lock up front is what lets ``busy_timeout``
+queue concurrent writers instead of failing them with "database is locked" on upgrade.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from airflow_provider_mlsecrets.errors import ConfigurationError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_LOCK = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """The engine for ``url`` in this process (a forked child gets its own)."""
+    key = (os.getpid(), url)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = _create(url)
+        return engine
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _create(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            "MLSECRETS_DB_URL is not a SQLAlchemy URL (e.g. sqlite:////var/lib/mlsecrets/vault.db "
+            "or postgresql+psycopg://user@host/db)"
+        ) from None
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(parsed, poolclass=NullPool)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,39 @@
+"""Schema migrations (Alembic) under our own version table, never ``alembic_version``,
+so the store can live beside Airflow's metadata tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+VERSION_TABLE = "mlsecrets_alembic_version"
+_SCRIPTS = Path(__file__).with_name("migrations")
+
+
+def _config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPTS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> bool:
+    """Bring the schema to the newest revision; return whether anything changed."""
+    before = current_revision(engine)
+    command.upgrade(_config(engine), "head")
+    return current_revision(engine) != before
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(_SCRIPTS)).get_current_head()

@@ -1,0 +1,177 @@
+"""The tables, as SQLAlchemy 2 typed models. Every name starts with ``mlsecrets_`` so the
+store can share a database with Airflow's metadata. The schema itself is created only by
+the Alembic migrations under ``migrations/``; these models must match them (a test checks).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite drops the zone; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; give a timezone")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VersionState(str, enum.Enum):
+    PENDING = "pending"
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    RETIRED = "retired"
+    DESTROYED = "destroyed"
+
+
+class KeyState(str, enum.Enum):
+    CURRENT = "current"
+    RETIRED = "retired"
+    DISABLED = "disabled"
+
+
+class Vault(Base):
+    """One row: the vault's identity, bound into every envelope and the audit genesis."""
+
+    __tablename__ = "mlsecrets_vault"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vault_id: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Kek(Base):
+    """A key-encryption key version; the key itself never leaves the HSM."""
+
+    __tablename__ = "mlsecrets_keks"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    label: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Secret(Base):
+    __tablename__ = "mlsecrets_secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(256), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(128), default="")
+    tags: Mapped[str] = mapped_column(Text, default="{}")
+    rotation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    current_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_versions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    versions: Mapped[list[SecretVersion]] = relationship(
+        back_populates="secret", order_by="SecretVersion.version"
+    )
+
+
+class SecretVersion(Base):
+    """One sealed value. Destroying it clears the three crypto columns, keeping the row."""
+
+    __tablename__ = "mlsecrets_secret_versions"
+    __table_args__ = (UniqueConstraint("secret_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_id: Mapped[int] = mapped_column(ForeignKey("mlsecrets_secrets.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    format_version: Mapped[int] = mapped_column(Integer)
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    secret: Mapped[Secret] = relationship(back_populates="versions")
+
+
+class Principal(Base):
+    """A person or pipeline. Only the HSM-keyed hash of its token is stored."""
+
+    __tablename__ = "mlsecrets_principals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    grants: Mapped[list[Grant]] = relationship(back_populates="principal", order_by="Grant.id")
+
+
+class Grant(Base):
+    """Capabilities on a path pattern, allowed or explicitly denied."""
+
+    __tablename__ = "mlsecrets_grants"
+    __table_args__ = (UniqueConstraint("principal_id", "pattern", "effect"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("mlsecrets_principals.id"))
+    pattern: Mapped[str] = mapped_column(String(256))
+    effect: Mapped[str] = mapped_column(String(8))
+    capabilities: Mapped[str] = mapped_column(String(256))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    principal: Mapped[Principal] = relationship(back_populates="grants")
+
+
+class AuditHead(Base):
+    """The newest record of each chain; locked while a record is appended."""
+
+    __tablename__ = "mlsecrets_audit_head"
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditRecord(Base):
+    """Append-only; triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL)."""
+
+    __tablename__ = "mlsecrets_audit"
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(32), index=True)
+    principal: Mapped[str] = mapped_column(String(128), index=True)
+    roles: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str] = mapped_column(String(36))
+    context: Mapped[str] = mapped_column(Text)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+    seal: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
