@@ -55,12 +55,19 @@ def _create(url: str) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            _create_private_file(parsed.database)
         engine = create_engine(parsed, poolclass=NullPool)
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _create_private_file(path: str) -> None:
+    """Create the database file 0600 before SQLite does (its WAL and SHM files inherit
+    the mode): ciphertext is still nobody else's business."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -70,6 +77,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA secure_delete = ON")  # destroyed versions leave no bytes behind
     cursor.close()
 
 

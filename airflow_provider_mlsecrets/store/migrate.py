@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 VERSION_TABLE = "mlsecrets_alembic_version"
 _SCRIPTS = Path(__file__).with_name("migrations")
@@ -29,10 +29,12 @@ def upgrade(engine: Engine) -> bool:
     return current_revision(engine) != before
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+def current_revision(bind: Engine | Connection) -> str | None:
+    if isinstance(bind, Connection):
+        context = MigrationContext.configure(bind, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
+    with bind.connect() as connection:
+        return current_revision(connection)
 
 
 def head_revision() -> str | None:

@@ -1,0 +1,48 @@
+"""Appending to the audit trail, inside the caller's transaction.
+
+The record is added in the same transaction as the action it describes, so the two commit
+or roll back together: no audit record, no change and no secret. The chain head row is
+locked (``SELECT … FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already serialises writers),
+so every record's predecessor is unambiguous however many processes write at once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
+from airflow_provider_mlsecrets.errors import AuditError
+from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
+from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
+
+DEFAULT_CHAIN = 1
+
+
+def start_chain(session: Session, vault_id: str, chain: int = DEFAULT_CHAIN) -> None:
+    """Create the chain's head at its genesis hash (idempotent)."""
+    if session.get(AuditHead, chain) is None:
+        session.add(AuditHead(chain=chain, seq=0, hash=genesis(vault_id, chain)))
+        session.flush()
+
+
+def append(session: Session, keys: KeyProvider, entry: Entry, chain: int = DEFAULT_CHAIN) -> int:
+    """Add ``entry`` to the chain and seal it; return its sequence number."""
+    head = session.execute(
+        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+    ).scalar_one_or_none()
+    if head is None:
+        raise AuditError("the audit chain has no head; run 'mlsecrets init' first")
+    seq = head.seq + 1
+    digest = next_hash(head.hash, chain, seq, entry)
+    seal = keys.mac(MacKey.AUDIT, digest)
+    session.add(AuditRecord(
+        chain=chain, seq=seq, ts=entry.ts, principal=entry.principal, roles=entry.roles,
+        action=entry.action, path=entry.path, version=entry.version,
+        outcome=entry.outcome, reason=entry.reason, request_id=entry.request_id,
+        context=entry.context, hash=digest, seal=seal,
+    ))
+    head.seq = seq
+    head.hash = digest
+    session.flush()
+    return seq

@@ -1,0 +1,141 @@
+"""Verification of the audit trail.
+
+The hash chain is recomputed in software (a million records cost a million SHA-256
+calls); seals are checked in the HSM: the newest record's always, every record's on
+request or as soon as the newest fails, which is what names the first bad record when an
+attacker with database access recomputed the hashes after changing one. Checkpoints prove
+the tail was not truncated.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, select
+
+from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
+from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
+from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
+from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
+
+Progress = Callable[[int], None]
+PROGRESS_STEP = 1000
+_COLUMNS = (AuditRecord.seq, AuditRecord.ts, AuditRecord.principal, AuditRecord.roles,
+            AuditRecord.action, AuditRecord.path, AuditRecord.version, AuditRecord.outcome,
+            AuditRecord.reason, AuditRecord.request_id, AuditRecord.context, AuditRecord.hash,
+            AuditRecord.seal)
+
+
+@dataclass
+class Report:
+    """The result: ``ok``, how much was checked and, if not ok, the first bad record."""
+
+    records: int = 0
+    seals_checked: int = 0
+    chains: int = 0
+    problems: list[str] = field(default_factory=list)
+    first_bad: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, chain: int, seq: int | None, problem: str) -> None:
+        self.problems.append(problem)
+        if self.first_bad is None and seq is not None:
+            self.first_bad = (chain, seq)
+
+
+def count(connection: Connection) -> int:
+    return int(connection.execute(select(func.count()).select_from(AuditRecord)).scalar_one())
+
+
+def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
+           checkpoint: Checkpoint | None = None, all_seals: bool = False,
+           progress: Progress | None = None) -> Report:
+    report = Report()
+    heads = {h.chain: h for h in connection.execute(select(AuditHead)).all()}
+    if checkpoint is not None and checkpoint.vault_id != vault_id:
+        report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
+    for chain, head in sorted(heads.items()):
+        report.chains += 1
+        _verify_chain(connection, keys, vault_id, chain, head, report, all_seals, progress)
+    if checkpoint is not None:
+        for point in checkpoint.chains:
+            _check_point(connection, keys, point, report)
+    return report
+
+
+def _rows(connection: Connection, chain: int, upto: int) -> Iterable[Row[Any]]:
+    """The chain's records up to its head as read: records committed after the head was
+    read belong to the next verification, not to a false alarm in this one."""
+    return connection.execution_options(yield_per=5000).execute(
+        select(*_COLUMNS).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
+        .order_by(AuditRecord.seq))
+
+
+def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
+                  head: Row[Any], report: Report, all_seals: bool,
+                  progress: Progress | None) -> None:
+    previous = genesis(vault_id, chain)
+    expected = 1
+    last = None
+    for r in _rows(connection, chain, head.seq):
+        seq = r.seq
+        if seq != expected:
+            report.fail(chain, expected, f"chain {chain}: record {expected} is missing "
+                        f"(the next record is {seq}): records were deleted or inserted")
+            return
+        entry = Entry(ts=r.ts, principal=r.principal, roles=r.roles, action=r.action,
+                      path=r.path, version=r.version, outcome=r.outcome, reason=r.reason,
+                      request_id=r.request_id, context=r.context)
+        digest = next_hash(previous, chain, seq, entry)
+        if not hmac.compare_digest(digest, r.hash):
+            report.fail(chain, seq, f"chain {chain}: record {seq} does not match the chain: "
+                        "it, or the one before it, was changed, inserted or reordered")
+            return
+        if all_seals and not _seal_ok(keys, digest, r.seal):
+            report.fail(chain, seq, f"chain {chain}: record {seq} has a bad seal: "
+                        "the trail was rewritten from here on")
+            return
+        report.seals_checked += all_seals
+        report.records += 1
+        previous, expected, last = digest, expected + 1, r
+        if progress is not None and report.records % PROGRESS_STEP == 0:
+            progress(PROGRESS_STEP)
+    if last is not None and not all_seals:
+        report.seals_checked += 1
+        if not _seal_ok(keys, previous, last.seal):
+            # Someone recomputed the hashes: find the first record whose seal fails.
+            for row in _rows(connection, chain, head.seq):
+                if not _seal_ok(keys, row.hash, row.seal):
+                    report.fail(chain, row.seq, f"chain {chain}: record {row.seq} has a bad "
+                                "seal: the trail was rewritten from here on")
+                    return
+    head_seq, head_hash = head.seq, head.hash
+    if head_seq != expected - 1 or not hmac.compare_digest(head_hash, previous):
+        report.fail(chain, min(head_seq, expected), f"chain {chain}: the chain head names "
+                    f"record {head_seq} but the trail ends at {expected - 1}: records were "
+                    "deleted from the end or the head was altered")
+
+
+def _seal_ok(keys: KeyProvider, digest: bytes, seal: bytes | None) -> bool:
+    return seal is not None and hmac.compare_digest(keys.mac(MacKey.AUDIT, digest), seal)
+
+
+def _check_point(connection: Connection, keys: KeyProvider, point: ChainPoint, report: Report) -> None:
+    chain, seq = point.chain, point.seq
+    if not _seal_ok(keys, point.hash, point.seal):
+        report.fail(chain, None, f"checkpoint for chain {chain} at record {seq} has a bad seal: "
+                    "it was not made by this vault's HSM")
+        return
+    stored = connection.execute(select(AuditRecord.hash).where(
+        AuditRecord.chain == chain, AuditRecord.seq == seq)).scalar_one_or_none()
+    if stored is None:
+        report.fail(chain, seq, f"chain {chain}: the checkpoint names record {seq}, which is "
+                    "gone: the trail was truncated")
+    elif not hmac.compare_digest(stored, point.hash):
+        report.fail(chain, seq, f"chain {chain}: record {seq} differs from the checkpoint")

@@ -1,0 +1,90 @@
+"""``mlsecrets init``, ``status`` and ``key list``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_mlsecrets.errors import ConfigurationError
+from airflow_provider_mlsecrets.keys.softhsm import provision
+from airflow_provider_mlsecrets.settings import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.cli.main import Context
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    init = commands.add_parser("init", parents=[common],
+                               help="create the vault (idempotent: a second run changes nothing)")
+    init.add_argument("--dev", action="store_true",
+                      help="provision a local SoftHSM2 token under MLSECRETS_HOME if no HSM is "
+                           "configured")
+    init.add_argument("--token-out", type=Path, metavar="FILE",
+                      help="where to write the first security engineer's token "
+                           "(default: $MLSECRETS_HOME/admin.token)")
+    init.add_argument("--admin", default="admin", metavar="NAME",
+                      help="the first security engineer's name (default: admin)")
+    init.set_defaults(handler=_init)
+    commands.add_parser("status", parents=[common], help="where the vault is and what it holds"
+                        ).set_defaults(handler=_status)
+    key = commands.add_parser("key", parents=[common], help="key-encryption keys")
+    key_sub = key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    key_sub.add_parser("list", parents=[common], help="list key versions"
+                       ).set_defaults(handler=_key_list)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically with mode 0600 from its first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _init(args: argparse.Namespace, ctx: Context) -> None:
+    settings = ctx.settings
+    if not settings.pkcs11_module:
+        if not args.dev:
+            raise ConfigurationError(
+                "no HSM configured: set MLSECRETS_PKCS11_MODULE, MLSECRETS_PKCS11_TOKEN and "
+                "MLSECRETS_PKCS11_PIN_FILE, or run 'mlsecrets init --dev' for a local SoftHSM2 "
+                "token")
+        dev = provision(settings.home, settings.pkcs11_token)
+        config_path = settings.home / CONFIG_FILE
+        config = {**settings.as_config(), "MLSECRETS_PKCS11_MODULE": dev.module,
+                  "MLSECRETS_SOFTHSM2_CONF": str(dev.conf),
+                  "MLSECRETS_PKCS11_PIN_FILE": str(dev.pin_file)}
+        write_private(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        ctx.output.warn(f"provisioned a SoftHSM2 token '{settings.pkcs11_token}' under "
+                        f"{settings.home}; settings recorded in {config_path}")
+        ctx.reset()
+    result = ctx.vault.initialise(args.admin)
+    token_out = args.token_out or ctx.settings.home / "admin.token"
+    if result.admin_token is not None:
+        write_private(token_out, result.admin_token + "\n")
+    if not result.changed:
+        ctx.output.message(f"vault {result.vault_id} is already initialised; nothing changed",
+                           {"vault_id": result.vault_id, "changed": False, "created": []})
+        return
+    lines = [f"vault {result.vault_id} initialised:"] + [f"  created {c}" for c in result.created]
+    if result.admin_token is not None:
+        lines.append(f"the token of {result.admin_name} (security_engineer) is in {token_out} "
+                     "(mode 0600); set MLSECRETS_TOKEN_FILE to it")
+    ctx.output.message("\n".join(lines), {
+        "vault_id": result.vault_id, "changed": True, "created": result.created,
+        "token_file": str(token_out) if result.admin_token else None})
+
+
+def _status(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.output.fields(ctx.vault.status(ctx.caller))
+
+
+def _key_list(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.output.table(ctx.vault.key_list(ctx.caller),
+                     ["label", "version", "state", "versions_wrapped", "sensitive",
+                      "extractable", "created_at"])

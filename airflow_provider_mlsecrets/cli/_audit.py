@@ -1,0 +1,95 @@
+"""``mlsecrets audit …``: tail, export, verify, checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
+from airflow_provider_mlsecrets.audit.record import Outcome
+from airflow_provider_mlsecrets.cli._output import plain, write_lines
+from airflow_provider_mlsecrets.durations import parse_moment
+from airflow_provider_mlsecrets.service.audit import AuditFilter
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.cli.main import Context
+
+COLUMNS = ["seq", "ts", "principal", "action", "path", "version", "outcome", "reason"]
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--principal")
+    filters.add_argument("--path-prefix", metavar="PREFIX")
+    filters.add_argument("--action", help="e.g. secret.read, secret.inject, grant.create")
+    filters.add_argument("--outcome", choices=[o.value for o in Outcome])
+    filters.add_argument("--since", metavar="WHEN", help="ISO time, or a duration ago (2h)")
+    filters.add_argument("--until", metavar="WHEN", help="ISO time, or a duration ago")
+
+    group = commands.add_parser("audit", help="the tamper-evident audit trail", parents=[common])
+    sub = group.add_subparsers(dest="action_name", metavar="ACTION", required=True)
+    tail = sub.add_parser("tail", parents=[common, filters], help="the newest records")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.set_defaults(handler=_tail)
+    export = sub.add_parser("export", parents=[common, filters],
+                            help="every matching record as JSON lines")
+    export.set_defaults(handler=_export)
+    verify = sub.add_parser("verify", parents=[common], help="prove the trail was not altered")
+    verify.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="also prove the tail was not cut off since this checkpoint")
+    verify.add_argument("--all-seals", action="store_true",
+                        help="check every record's HSM seal, not only the newest")
+    verify.set_defaults(handler=_verify)
+    checkpoint = sub.add_parser("checkpoint", parents=[common],
+                                help="verify, then write a checkpoint to keep elsewhere")
+    checkpoint.add_argument("--out", type=Path, required=True, metavar="FILE")
+    checkpoint.set_defaults(handler=_checkpoint)
+
+
+def _filters(args: argparse.Namespace) -> AuditFilter:
+    def moment(text: str | None) -> datetime | None:
+        return parse_moment(text, future=False) if text else None
+
+    return AuditFilter(principal=args.principal, path_prefix=args.path_prefix,
+                       action=args.action, outcome=args.outcome, since=moment(args.since),
+                       until=moment(args.until))
+
+
+def _tail(args: argparse.Namespace, ctx: Context) -> None:
+    rows = ctx.vault.audit.tail(ctx.caller, args.n, _filters(args))
+    ctx.output.table(rows, COLUMNS, empty="no matching records")
+
+
+def _export(args: argparse.Namespace, ctx: Context) -> None:
+    write_lines(json.dumps(plain(r), sort_keys=True)
+                for r in ctx.vault.audit.export(ctx.caller, _filters(args)))
+
+
+def _verify(args: argparse.Namespace, ctx: Context) -> None:
+    checkpoint = Checkpoint.read(args.checkpoint) if args.checkpoint else None
+    total = ctx.vault.audit.count(ctx.caller)
+    with ctx.output.progress("verifying the audit trail", total) as advance:
+        report = ctx.vault.audit.verify(ctx.caller, checkpoint=checkpoint,
+                                        all_seals=args.all_seals, progress=advance)
+    ctx.output.message(
+        f"audit trail OK: {report.records} records in {report.chains} chain(s), "
+        f"{report.seals_checked} seal(s) checked in the HSM"
+        + (", checkpoint matched" if checkpoint else ""),
+        {"ok": True, "records": report.records, "chains": report.chains,
+         "seals_checked": report.seals_checked, "checkpoint": checkpoint is not None})
+
+
+def _checkpoint(args: argparse.Namespace, ctx: Context) -> None:
+    point = ctx.vault.audit.checkpoint(ctx.caller)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(point.to_json())
+    os.replace(tmp, args.out)
+    where = ", ".join(f"chain {c.chain} at record {c.seq}" for c in point.chains)
+    ctx.output.message(f"checkpoint written to {args.out} ({where}); keep it away from the "
+                       "database", json.loads(point.to_json()))

@@ -1,0 +1,90 @@
+"""``mlsecrets principal …``, ``grant``, ``revoke`` and ``policy show``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_mlsecrets.durations import parse_moment
+from airflow_provider_mlsecrets.policy.roles import Capability, Role
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.cli.main import Context
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    group = commands.add_parser("principal", help="people and pipelines", parents=[common])
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = sub.add_parser("create", parents=[common],
+                            help="create a principal; prints its token once")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--expires", metavar="WHEN",
+                        help="a duration from now (30d) or a date and time (2027-01-31)")
+    create.set_defaults(handler=_create)
+    sub.add_parser("list", parents=[common], help="list principals").set_defaults(handler=_list)
+    revoke = sub.add_parser("revoke", parents=[common], help="revoke a principal's token")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_revoke)
+
+    grant = commands.add_parser("grant", parents=[common],
+                                help="allow (or --deny) capabilities on a path pattern")
+    grant.add_argument("principal")
+    grant.add_argument("pattern", help="a path; '*' is one segment, '**' any number")
+    grant.add_argument("capabilities", nargs="+", metavar="CAPABILITY",
+                       help=", ".join(c.value for c in Capability))
+    grant.add_argument("--deny", action="store_true", help="an explicit deny, which always wins")
+    grant.set_defaults(handler=_grant)
+
+    revoke_grant = commands.add_parser("revoke", parents=[common],
+                                       help="remove a principal's grants on a pattern")
+    revoke_grant.add_argument("principal")
+    revoke_grant.add_argument("pattern")
+    revoke_grant.set_defaults(handler=_revoke_grant)
+
+    policy = commands.add_parser("policy", help="show grants", parents=[common])
+    policy_sub = policy.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = policy_sub.add_parser("show", parents=[common], help="show grants")
+    show.add_argument("principal", nargs="?")
+    show.set_defaults(handler=_policy)
+
+
+def _create(args: argparse.Namespace, ctx: Context) -> None:
+    expires = parse_moment(args.expires, future=True) if args.expires else None
+    token = ctx.vault.access.create_principal(ctx.caller, args.name, args.role, expires)
+    if ctx.output.as_json:
+        ctx.output.data({"name": args.name, "role": args.role, "token": token})
+    else:
+        print(token)
+        ctx.output.warn(f"principal {args.name} created as {args.role}; the token above is "
+                        "shown once: store it now")
+
+
+def _list(args: argparse.Namespace, ctx: Context) -> None:
+    rows = ctx.vault.access.list_principals(ctx.caller)
+    ctx.output.table([{**r.__dict__, "status": r.status} for r in rows],
+                     ["name", "role", "status", "created_by", "created_at", "expires_at"])
+
+
+def _revoke(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.vault.access.revoke_principal(ctx.caller, args.name)
+    ctx.output.message(f"{args.name}: token revoked")
+
+
+def _grant(args: argparse.Namespace, ctx: Context) -> None:
+    info = ctx.vault.access.grant(ctx.caller, args.principal, args.pattern, args.capabilities,
+                                  deny=args.deny)
+    ctx.output.message(f"{info.effect} {info.capabilities} on {info.pattern} for {info.principal}",
+                       info)
+
+
+def _revoke_grant(args: argparse.Namespace, ctx: Context) -> None:
+    n = ctx.vault.access.revoke_grant(ctx.caller, args.principal, args.pattern)
+    ctx.output.message(f"removed {n} grant(s) of {args.principal} on {args.pattern}",
+                       {"removed": n})
+
+
+def _policy(args: argparse.Namespace, ctx: Context) -> None:
+    rows = ctx.vault.access.policy(ctx.caller, args.principal)
+    ctx.output.table(rows, ["principal", "role", "effect", "pattern", "capabilities",
+                            "created_by"], empty="no grants")

@@ -1,0 +1,129 @@
+"""``mlsecrets secret …``. A value is never taken from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import string
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_mlsecrets.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.cli.main import Context
+
+GENERATE_ALPHABET = string.ascii_letters + string.digits
+MAX_GENERATE = 4096
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    group = commands.add_parser("secret", help="store and read secrets", parents=[common])
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    put = sub.add_parser("put", parents=[common], help="write a new version")
+    put.add_argument("path")
+    source = put.add_mutually_exclusive_group(required=True)
+    source.add_argument("--value-file", type=Path, metavar="FILE", help="read the value from FILE")
+    source.add_argument("--stdin", action="store_true", help="read the value from standard input")
+    source.add_argument("--generate", type=int, metavar="N",
+                        help="generate a random value of N letters and digits")
+    put.add_argument("--cas", type=int, metavar="N",
+                     help="write only if the newest version is N (0: only if new)")
+    put.add_argument("--description")
+    put.add_argument("--owner")
+    put.set_defaults(handler=_put)
+
+    get = sub.add_parser("get", parents=[common], help="print a value (security engineers)")
+    get.add_argument("path")
+    get.add_argument("--version", type=int)
+    get.set_defaults(handler=_get)
+
+    ls = sub.add_parser("list", parents=[common], help="list secrets (metadata only)")
+    ls.add_argument("prefix", nargs="?", default="")
+    ls.add_argument("--deleted", action="store_true", help="include soft-deleted secrets")
+    ls.set_defaults(handler=_list)
+
+    versions = sub.add_parser("versions", parents=[common], help="list a secret's versions")
+    versions.add_argument("path")
+    versions.set_defaults(handler=_versions)
+
+    for name, help_text in (("delete", "soft-delete (keeps every version)"),
+                            ("undelete", "restore a soft-deleted secret")):
+        p = sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("path")
+        p.set_defaults(handler=_delete if name == "delete" else _undelete)
+
+    destroy = sub.add_parser("destroy", parents=[common],
+                             help="erase one version's ciphertext for good")
+    destroy.add_argument("path")
+    destroy.add_argument("--version", type=int, required=True)
+    destroy.set_defaults(handler=_destroy)
+
+
+def read_value(args: argparse.Namespace, limit: int) -> bytes:
+    """The value from a file, stdin or the generator; at most ``limit`` + 1 bytes are read."""
+    if args.generate is not None:
+        if not 1 <= args.generate <= MAX_GENERATE:
+            raise InvalidInput(f"--generate takes a length from 1 to {MAX_GENERATE}")
+        return "".join(secrets.choice(GENERATE_ALPHABET)
+                       for _ in range(args.generate)).encode()
+    if args.stdin:
+        if sys.stdin is None:
+            raise InvalidInput("--stdin was given but there is no standard input")
+        return sys.stdin.buffer.read(limit + 1)
+    try:
+        with open(args.value_file, "rb") as handle:
+            data: bytes = handle.read(limit + 1)
+            return data
+    except OSError as exc:
+        raise InvalidInput(f"cannot read --value-file {args.value_file}: {exc.strerror}") from None
+
+
+def _put(args: argparse.Namespace, ctx: Context) -> None:
+    value = read_value(args, ctx.settings.max_value_bytes)
+    info = ctx.vault.secrets.put(ctx.caller, args.path, value, cas=args.cas,
+                                 description=args.description, owner=args.owner)
+    del value
+    ctx.output.message(f"{info.path}: version {info.version} written", info)
+
+
+def _get(args: argparse.Namespace, ctx: Context) -> None:
+    value = ctx.vault.secrets.read(ctx.caller, args.path, args.version)
+    if ctx.output.as_json:
+        try:
+            ctx.output.data({"path": args.path, "value": value.decode("utf-8")})
+        except UnicodeDecodeError:
+            raise InvalidInput("the value is not UTF-8 text; read it without --json") from None
+        return
+    sys.stdout.buffer.write(value)
+    sys.stdout.buffer.flush()
+
+
+def _list(args: argparse.Namespace, ctx: Context) -> None:
+    rows = ctx.vault.secrets.list(ctx.caller, args.prefix, include_deleted=args.deleted)
+    ctx.output.table(rows, ["path", "current_version", "latest_version", "updated_at",
+                            "description"] + (["deleted_at"] if args.deleted else []),
+                     empty="no secrets you may list here")
+
+
+def _versions(args: argparse.Namespace, ctx: Context) -> None:
+    rows = ctx.vault.secrets.versions(ctx.caller, args.path)
+    ctx.output.table(rows, ["version", "state", "kek_id", "created_by", "created_at",
+                            "destroyed_at"])
+
+
+def _delete(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.vault.secrets.delete(ctx.caller, args.path)
+    ctx.output.message(f"{args.path}: deleted (versions kept; 'secret undelete' restores it)")
+
+
+def _undelete(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.vault.secrets.undelete(ctx.caller, args.path)
+    ctx.output.message(f"{args.path}: restored")
+
+
+def _destroy(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.vault.secrets.destroy(ctx.caller, args.path, args.version)
+    ctx.output.message(f"{args.path}: version {args.version} destroyed")

@@ -1,0 +1,86 @@
+"""``mlsecrets``: a thin CLI. Parse, call the vault, format; one fatal-exit path.
+
+Exit codes: 0 success; 2 usage or invalid input; 3 access denied; 4 not found;
+5 integrity failure; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from airflow_provider_mlsecrets.cli import _admin, _audit, _principals, _secrets
+from airflow_provider_mlsecrets.cli._output import Output
+from airflow_provider_mlsecrets.errors import MLSecretsError
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.settings import Settings
+
+
+@dataclass
+class Context:
+    """What a command handler gets: parsed settings, a lazy vault, the caller and output."""
+
+    output: Output
+    _settings: Settings | None = None
+    _vault: Vault | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.load()
+        return self._settings
+
+    @property
+    def vault(self) -> Vault:
+        if self._vault is None:
+            self._vault = Vault(self.settings)
+        return self._vault
+
+    def reset(self) -> None:
+        """Forget settings and vault (after ``init --dev`` wrote a new config file)."""
+        self._settings = self._vault = None
+
+    @property
+    def caller(self) -> Caller:
+        return Caller.from_settings(self.settings, component="cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(
+        prog="mlsecrets", parents=[common],
+        description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
+                    "MLSECRETS_* variables (see docs/configuration.md).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (_admin, _secrets, _principals, _audit):
+        module.register(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    context = Context(output=Output(as_json=args.json))
+    try:
+        code = args.handler(args, context)
+    except MLSecretsError as exc:
+        context.output.warn(f"mlsecrets: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        context.output.warn("mlsecrets: interrupted; nothing half-written is kept")
+        return 130
+    except Exception as exc:
+        if os.environ.get("MLSECRETS_DEBUG"):
+            raise
+        context.output.warn(f"mlsecrets: internal error ({type(exc).__name__}); run again with "
+                            "MLSECRETS_DEBUG=1 for the traceback and report it")
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

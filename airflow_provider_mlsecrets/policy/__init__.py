@@ -1,0 +1,1 @@
+"""Policy: roles, capabilities, grants on path patterns, and principal tokens."""

@@ -1,0 +1,255 @@
+"""What every vault operation goes through: authenticate, authorise, act, audit.
+
+:meth:`Core.operation` is the one place that decides and records. The action and its
+``allowed`` audit record share one transaction, so if the record cannot be written the
+action is rolled back and its result (a plaintext, a new version) is never returned.
+Denials, misses and errors are recorded in a transaction of their own after the action's
+transaction was rolled back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, selectinload
+
+from airflow_provider_mlsecrets.audit import log as audit_log
+from airflow_provider_mlsecrets.audit.record import (
+    ContextValue,
+    Entry,
+    Outcome,
+    canonical_context,
+    format_ts,
+)
+from airflow_provider_mlsecrets.errors import (
+    AccessDenied,
+    AuditError,
+    ConfigurationError,
+    MLSecretsError,
+    NotFound,
+    StoreError,
+    VersionConflict,
+)
+from airflow_provider_mlsecrets.keys import KeyProvider
+from airflow_provider_mlsecrets.policy.decide import Decision, Rule, decide
+from airflow_provider_mlsecrets.policy.roles import Capability, Role, parse_capabilities
+from airflow_provider_mlsecrets.policy.tokens import token_hash, well_formed
+from airflow_provider_mlsecrets.settings import Settings
+from airflow_provider_mlsecrets.store import models
+from airflow_provider_mlsecrets.store.engine import engine_for, safe_url
+
+NOBODY = "<unauthenticated>"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a principal token and where the call comes from (for the audit)."""
+
+    token: str | None = field(repr=False)
+    context: Mapping[str, ContextValue] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, component: str = "cli") -> Caller:
+        return cls(token=settings.read_caller_token(), context=process_context(component))
+
+
+def process_context(component: str) -> dict[str, ContextValue]:
+    return {"component": component, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An authenticated principal with its rules."""
+
+    name: str
+    role: Role
+    rules: tuple[Rule, ...]
+
+    def may(self, capability: Capability, path: str | None) -> Decision:
+        return decide(self.role, self.rules, capability, path)
+
+
+@dataclass
+class Op:
+    """An operation in progress: its transaction, its actor, and what the record will say."""
+
+    session: Session
+    actor: Actor
+    version: int | None = None
+    reason: str = ""
+
+
+class Core:
+    """Settings, engine, keys and the operation discipline, shared by the service parts."""
+
+    def __init__(self, settings: Settings, keys: KeyProvider | None = None) -> None:
+        self.settings = settings
+        self._keys = keys
+        self._vault_id: str | None = None
+
+    @property
+    def keys(self) -> KeyProvider:
+        if self._keys is None:
+            from airflow_provider_mlsecrets.keys.pkcs11 import PKCS11KeyProvider
+
+            self._keys = PKCS11KeyProvider(self.settings)
+        return self._keys
+
+    @property
+    def engine(self) -> Engine:
+        return engine_for(self.settings.db_url)
+
+    def vault_id(self, session: Session) -> str:
+        if self._vault_id is None:
+            row = session.execute(select(models.Vault.vault_id)).scalar_one_or_none()
+            if row is None:
+                raise ConfigurationError(
+                    f"the vault at {safe_url(self.settings.db_url)} is not initialised; run "
+                    "'mlsecrets init' (or 'mlsecrets init --dev' for a local vault)"
+                )
+            self._vault_id = row
+        return self._vault_id
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction; database failures become :class:`StoreError`."""
+        with self.database_errors(), Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @contextmanager
+    def database_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.IntegrityError:
+            raise VersionConflict(
+                "another write changed the same object at the same moment; run it again"
+            ) from None
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):
+                raise ConfigurationError(
+                    f"the vault at {safe_url(self.settings.db_url)} is not initialised; "
+                    "run 'mlsecrets init'"
+                ) from None
+            raise self._unreachable(exc) from None
+        except sa_exc.DBAPIError as exc:
+            raise self._unreachable(exc) from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise StoreError(f"database error ({type(exc).__name__})") from None
+
+    def _unreachable(self, exc: sa_exc.DBAPIError) -> StoreError:
+        detail = str(exc.orig).strip().splitlines()[0][:200] if exc.orig else type(exc).__name__
+        return StoreError(
+            f"the database at {safe_url(self.settings.db_url)} failed: {detail}; check "
+            "MLSECRETS_DB_URL and that the database is up (nothing was changed)"
+        )
+
+    # -- the operation discipline ----------------------------------------------------
+    @contextmanager
+    def operation(self, caller: Caller, action: str, capability: Capability | None,
+                  path: str | None = None, version: int | None = None) -> Iterator[Op]:
+        """Authenticate, authorise, run the body and audit it; see the module docstring.
+
+        ``capability=None`` admits any authenticated principal (``status``)."""
+        base = _Base(action=action, path=path or "", request_id=str(uuid.uuid4()),
+                     context=canonical_context(caller.context))
+        session = Session(self.engine, expire_on_commit=False)
+        try:
+            with self.database_errors():
+                session.begin()
+                self.vault_id(session)
+                actor, decision = self._authorise(session, caller, capability, path)
+            if actor is None or not decision.allowed:
+                session.rollback()
+                self._record_alone(base, actor.name if actor else NOBODY,
+                                   actor.role.value if actor else "", Outcome.DENIED,
+                                   decision.reason, version)
+                raise AccessDenied(f"access denied: {decision.reason}")
+            op = Op(session=session, actor=actor, version=version, reason=decision.reason)
+            try:
+                yield op
+                with self.database_errors():
+                    self._append(session, base, actor.name, actor.role.value, Outcome.ALLOWED,
+                                 op.reason, op.version)
+                    session.commit()
+            except BaseException as exc:
+                session.rollback()
+                outcome = Outcome.NOT_FOUND if isinstance(exc, NotFound) else Outcome.ERROR
+                self._record_alone(base, actor.name, actor.role.value, outcome,
+                                   _failure_reason(exc), op.version)
+                raise
+        finally:
+            session.close()
+
+    def _authorise(self, session: Session, caller: Caller, capability: Capability | None,
+                   path: str | None) -> tuple[Actor | None, Decision]:
+        token = caller.token
+        if not token:
+            return None, Decision(False, "no token given (set MLSECRETS_TOKEN_FILE)")
+        if not well_formed(token):
+            return None, Decision(False, "malformed token")
+        digest = token_hash(self.keys, token)
+        principal = session.execute(
+            select(models.Principal).where(models.Principal.token_hash == digest)
+            .options(selectinload(models.Principal.grants))
+        ).scalar_one_or_none()
+        if principal is None or not hmac.compare_digest(principal.token_hash, digest):
+            return None, Decision(False, "unknown token")
+        actor = Actor(name=principal.name, role=Role(principal.role), rules=tuple(
+            Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),
+                 deny=g.effect == "deny") for g in principal.grants))
+        if principal.revoked_at is not None:
+            return actor, Decision(False, "token revoked")
+        if principal.expires_at is not None and principal.expires_at <= utcnow():
+            return actor, Decision(False, "token expired")
+        if capability is None:
+            return actor, Decision(True, "authenticated")
+        return actor, actor.may(capability, path)
+
+    def _append(self, session: Session, base: _Base, principal: str, roles: str,
+                outcome: Outcome, reason: str, version: int | None) -> None:
+        audit_log.append(session, self.keys, Entry(
+            ts=format_ts(utcnow()), principal=principal, roles=roles, action=base.action,
+            path=base.path, version=version, outcome=outcome.value, reason=reason,
+            request_id=base.request_id, context=base.context))
+
+    def _record_alone(self, base: _Base, principal: str, roles: str, outcome: Outcome,
+                      reason: str, version: int | None) -> None:
+        """Write one record in its own transaction; if that fails, fail closed, loudly."""
+        try:
+            with self.transaction() as session:
+                self._append(session, base, principal, roles, outcome, reason, version)
+        except MLSecretsError as exc:
+            raise AuditError(
+                f"the audit record for {base.action} could not be written ({exc}); "
+                "nothing was done"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class _Base:
+    action: str
+    path: str
+    request_id: str
+    context: str
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """What the audit record says of a failure: our own messages (which never hold a value)
+    or, for anything else, only the exception's type."""
+    if isinstance(exc, MLSecretsError):
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return type(exc).__name__

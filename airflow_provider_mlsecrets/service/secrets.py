@@ -1,0 +1,275 @@
+"""Secrets and their versions: write, read, inject, list, delete, undelete, destroy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
+from airflow_provider_mlsecrets.errors import (
+    ConfigurationError,
+    InvalidInput,
+    NotFound,
+    VersionConflict,
+)
+from airflow_provider_mlsecrets.keys import KekId
+from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
+from airflow_provider_mlsecrets.policy.roles import Capability
+from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
+from airflow_provider_mlsecrets.store.models import (
+    Kek,
+    KeyState,
+    Secret,
+    SecretVersion,
+    VersionState,
+)
+
+@dataclass(frozen=True)
+class SecretInfo:
+    path: str
+    description: str
+    owner: str
+    latest_version: int
+    current_version: int | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    path: str
+    version: int
+    state: str
+    kek_id: str
+    created_by: str
+    created_at: datetime
+    destroyed_at: datetime | None
+
+
+def _secret_info(s: Secret) -> SecretInfo:
+    return SecretInfo(path=s.path, description=s.description, owner=s.owner,
+                      latest_version=s.latest_version, current_version=s.current_version,
+                      created_at=s.created_at, updated_at=s.updated_at, deleted_at=s.deleted_at)
+
+
+def _version_info(path: str, v: SecretVersion) -> VersionInfo:
+    return VersionInfo(path=path, version=v.version, state=v.state, kek_id=v.kek_id,
+                       created_by=v.created_by, created_at=v.created_at,
+                       destroyed_at=v.destroyed_at)
+
+
+class SecretsService:
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._envelope: Envelope | None = None
+
+    @property
+    def envelope(self) -> Envelope:
+        if self._envelope is None:
+            self._envelope = Envelope(self._core.keys)
+        return self._envelope
+
+    # -- writing ---------------------------------------------------------------------
+    def put(self, caller: Caller, path: str, value: bytes, *, cas: int | None = None,
+            description: str | None = None, owner: str | None = None) -> VersionInfo:
+        """Store ``value`` as the new current version. ``cas=N`` writes only if the newest
+        version is still N (``cas=0``: only if the secret does not exist yet)."""
+        path = parse_path(path)
+        self._check_value(value)
+        if cas is not None and cas < 0:
+            raise InvalidInput("--cas takes a version number, 0 for 'must not exist yet'")
+        with self._core.operation(caller, "secret.write", Capability.WRITE, path) as op:
+            secret = self._find(op.session, path, lock=True)
+            latest = secret.latest_version if secret is not None else 0
+            if cas is not None and cas != latest:
+                raise VersionConflict(
+                    f"check-and-set failed for {path}: the newest version is {latest}, not {cas}")
+            now = utcnow()
+            if secret is None:
+                secret = Secret(path=path, description="", owner="", tags="{}", latest_version=0,
+                                created_at=now, updated_at=now)
+                op.session.add(secret)
+                op.session.flush()
+            elif secret.deleted_at is not None:
+                raise InvalidInput(f"{path} is deleted; 'mlsecrets secret undelete {path}' first")
+            if description is not None:
+                secret.description = description
+            if owner is not None:
+                secret.owner = owner
+            version = secret.latest_version + 1
+            kek = self._current_kek(op.session)
+            sealed = self.envelope.seal(value, self._binding(op.session, path, version), kek)
+            for older in op.session.scalars(select(SecretVersion).where(
+                    SecretVersion.secret_id == secret.id,
+                    SecretVersion.state.in_([VersionState.CURRENT.value,
+                                             VersionState.PREVIOUS.value]))):
+                older.state = (VersionState.PREVIOUS.value
+                               if older.state == VersionState.CURRENT.value
+                               else VersionState.RETIRED.value)
+            row = SecretVersion(
+                secret_id=secret.id, version=version, state=VersionState.CURRENT.value,
+                format_version=sealed.format_version, kek_id=sealed.kek_id,
+                wrapped_key=sealed.wrapped_key, nonce=sealed.nonce, ciphertext=sealed.ciphertext,
+                created_by=op.actor.name, created_at=now)
+            op.session.add(row)
+            secret.latest_version = version
+            secret.current_version = version
+            secret.updated_at = now
+            op.session.flush()
+            pruned = self._prune(op.session, secret)
+            op.version = version
+            op.reason += f"; version {version}" + (f"; destroyed old {pruned}" if pruned else "")
+            return _version_info(path, row)
+
+    def delete(self, caller: Caller, path: str) -> None:
+        """Soft delete: the secret stops being served but every version is kept."""
+        self._set_deleted(caller, path, deleted=True)
+
+    def undelete(self, caller: Caller, path: str) -> None:
+        self._set_deleted(caller, path, deleted=False)
+
+    def destroy(self, caller: Caller, path: str, version: int) -> None:
+        """Erase one version's ciphertext and wrapped key for good; its metadata stays."""
+        path = parse_path(path)
+        with self._core.operation(caller, "secret.destroy", Capability.DESTROY, path,
+                                  version) as op:
+            secret = self._existing(op.session, path, lock=True, include_deleted=True)
+            row = self._version_row(op.session, secret, version)
+            if row.state == VersionState.DESTROYED.value:
+                op.reason += "; already destroyed"
+                return
+            if secret.current_version == version:
+                secret.current_version = None
+            _erase(row)
+
+    # -- reading ---------------------------------------------------------------------
+    def read(self, caller: Caller, path: str, version: int | None = None) -> bytes:
+        """Plaintext back to a person (``read``: security engineers only)."""
+        return self._open(caller, path, version, Capability.READ, "secret.read")
+
+    def inject(self, caller: Caller, path: str, version: int | None = None) -> bytes:
+        """Plaintext into a task, connection or environment (``inject``)."""
+        return self._open(caller, path, version, Capability.INJECT, "secret.inject")
+
+    def list(self, caller: Caller, prefix: str = "", *,
+             include_deleted: bool = False) -> list[SecretInfo]:
+        """Metadata of the secrets under ``prefix`` that the caller may list."""
+        prefix = parse_prefix(prefix)
+        with self._core.operation(caller, "secret.list", Capability.LIST, prefix or None) as op:
+            query = select(Secret).order_by(Secret.path)
+            if prefix:
+                query = query.where(Secret.path.startswith(prefix, autoescape=True))
+            out = [_secret_info(s) for s in op.session.scalars(query)
+                   if (include_deleted or s.deleted_at is None)
+                   and op.actor.may(Capability.LIST, s.path).allowed]
+            op.reason += f"; {len(out)} shown"
+            return out
+
+    def versions(self, caller: Caller, path: str) -> list[VersionInfo]:
+        path = parse_path(path)
+        with self._core.operation(caller, "secret.versions", Capability.LIST, path) as op:
+            secret = self._existing(op.session, path, include_deleted=True)
+            return [_version_info(path, v) for v in secret.versions]
+
+    # -- helpers ---------------------------------------------------------------------
+    def _open(self, caller: Caller, path: str, version: int | None, capability: Capability,
+              action: str) -> bytes:
+        path = parse_path(path)
+        with self._core.operation(caller, action, capability, path, version) as op:
+            secret = self._existing(op.session, path)
+            if version is None:
+                if secret.current_version is None:
+                    raise NotFound(f"{path} has no current version")
+                version = secret.current_version
+            row = self._version_row(op.session, secret, version)
+            if row.state == VersionState.DESTROYED.value:
+                raise NotFound(f"version {version} of {path} was destroyed")
+            op.version = version
+            assert row.wrapped_key is not None and row.nonce is not None
+            assert row.ciphertext is not None
+            value = self.envelope.open(
+                Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
+                       ciphertext=row.ciphertext, format_version=row.format_version),
+                self._binding(op.session, path, version))
+        return value
+
+    def _set_deleted(self, caller: Caller, path: str, *, deleted: bool) -> None:
+        path = parse_path(path)
+        action = "secret.delete" if deleted else "secret.undelete"
+        with self._core.operation(caller, action, Capability.DELETE, path) as op:
+            secret = self._existing(op.session, path, lock=True, include_deleted=True)
+            if (secret.deleted_at is not None) == deleted:
+                op.reason += "; no change"
+                return
+            secret.deleted_at = utcnow() if deleted else None
+
+    def _check_value(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError("a secret value is bytes")
+        if not value:
+            raise InvalidInput("the value is empty; a secret needs at least one byte")
+        limit = self._core.settings.max_value_bytes
+        if len(value) > limit:
+            raise InvalidInput(f"the value is {len(value)} bytes, over the limit of {limit} "
+                               "(MLSECRETS_MAX_VALUE_BYTES)")
+
+    def _binding(self, session: Session, path: str, version: int) -> Binding:
+        return Binding(vault_id=self._core.vault_id(session), path=path, version=version)
+
+    @staticmethod
+    def _find(session: Session, path: str, *, lock: bool = False) -> Secret | None:
+        query = select(Secret).where(Secret.path == path)
+        if lock:
+            query = query.with_for_update()
+        return session.execute(query).scalar_one_or_none()
+
+    def _existing(self, session: Session, path: str, *, lock: bool = False,
+                  include_deleted: bool = False) -> Secret:
+        secret = self._find(session, path, lock=lock)
+        if secret is None:
+            raise NotFound(f"no secret at {path}")
+        if secret.deleted_at is not None and not include_deleted:
+            raise NotFound(f"{path} is deleted ('mlsecrets secret undelete {path}' restores it)")
+        return secret
+
+    @staticmethod
+    def _version_row(session: Session, secret: Secret, version: int) -> SecretVersion:
+        row = session.execute(select(SecretVersion).where(
+            SecretVersion.secret_id == secret.id, SecretVersion.version == version)
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"{secret.path} has no version {version}")
+        return row
+
+    @staticmethod
+    def _current_kek(session: Session) -> KekId:
+        label = session.execute(
+            select(Kek.label).where(Kek.state == KeyState.CURRENT.value)).scalar_one_or_none()
+        if label is None:
+            raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
+        return KekId(label)
+
+    def _prune(self, session: Session, secret: Secret) -> list[int]:
+        """Destroy the oldest kept versions beyond the configured number."""
+        keep = secret.max_versions or self._core.settings.max_versions
+        kept = session.scalars(select(SecretVersion).where(
+            SecretVersion.secret_id == secret.id,
+            SecretVersion.state != VersionState.DESTROYED.value,
+        ).order_by(SecretVersion.version.desc())).all()
+        pruned = []
+        for row in kept[keep:]:
+            if row.state in (VersionState.CURRENT.value, VersionState.PENDING.value):
+                continue
+            _erase(row)
+            pruned.append(row.version)
+        return sorted(pruned)
+
+
+def _erase(row: SecretVersion) -> None:
+    row.wrapped_key = row.nonce = row.ciphertext = None
+    row.state = VersionState.DESTROYED.value
+    row.destroyed_at = utcnow()
