@@ -140,6 +140,10 @@ def _load(module: str) -> Any:
 
 
 def _reinitialise(module: str) -> None:
+    """Finalise and initialise ``module``: every session this process held on any of its
+    tokens is gone after this, so they are all forgotten and log in again on next use."""
+    for key in [k for k in _SHARED if k[0] == module]:
+        del _SHARED[key]
     lib = _load(module)
     try:
         lib.finalize()

@@ -1,0 +1,295 @@
+"""The vault service on SQLite and PostgreSQL with a real SoftHSM2 token."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, text
+
+from airflow_provider_mlsecrets.errors import (
+    AccessDenied,
+    AuditError,
+    InvalidInput,
+    IntegrityError,
+    NotFound,
+    PolicyError,
+    VersionConflict,
+)
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.store.engine import engine_for
+from airflow_provider_mlsecrets.store.models import Secret, SecretVersion
+from tests.conftest import Env, make_settings
+
+
+def records(env: Env, n: int = 50) -> list[tuple[str, str, str, str]]:
+    return [(r.principal, r.action, r.path, r.outcome) for r in env.vault.audit.tail(env.admin, n)]
+
+
+def test_put_read_versions_and_states(env: Env) -> None:
+    s = env.vault.secrets
+    assert s.put(env.admin, "ml/db/password", b"one").version == 1
+    assert s.put(env.admin, "ml/db/password", b"two", description="warehouse").version == 2
+    s.put(env.admin, "ml/db/password", b"three")
+    assert s.read(env.admin, "ml/db/password") == b"three"
+    assert s.read(env.admin, "ml/db/password", version=1) == b"one"
+    states = [(v.version, v.state) for v in s.versions(env.admin, "ml/db/password")]
+    assert states == [(1, "retired"), (2, "previous"), (3, "current")]
+    [info] = s.list(env.admin, "ml/")
+    assert (info.path, info.current_version, info.description) == ("ml/db/password", 3, "warehouse")
+
+
+def test_check_and_set(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "a/b", b"v1", cas=0)
+    with pytest.raises(VersionConflict, match="newest version is 1, not 0"):
+        s.put(env.admin, "a/b", b"v2", cas=0)
+    s.put(env.admin, "a/b", b"v2", cas=1)
+    with pytest.raises(VersionConflict):
+        s.put(env.admin, "a/b", b"v3", cas=1)
+    assert s.read(env.admin, "a/b") == b"v2"
+
+
+def test_soft_delete_and_undelete(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "a/b", b"v1")
+    s.delete(env.admin, "a/b")
+    with pytest.raises(NotFound, match="deleted"):
+        s.read(env.admin, "a/b")
+    with pytest.raises(InvalidInput, match="undelete"):
+        s.put(env.admin, "a/b", b"v2")
+    assert s.list(env.admin) == []
+    assert [i.path for i in s.list(env.admin, include_deleted=True)] == ["a/b"]
+    s.undelete(env.admin, "a/b")
+    assert s.read(env.admin, "a/b") == b"v1"
+
+
+def test_destroy_erases_the_crypto_and_keeps_the_metadata(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "a/b", b"v1")
+    s.put(env.admin, "a/b", b"v2")
+    s.destroy(env.admin, "a/b", 1)
+    with pytest.raises(NotFound, match="destroyed"):
+        s.read(env.admin, "a/b", version=1)
+    assert s.read(env.admin, "a/b") == b"v2"
+    with engine_for(env.settings.db_url).connect() as c:
+        row = c.execute(select(SecretVersion).where(SecretVersion.version == 1)).one()
+    assert (row.wrapped_key, row.nonce, row.ciphertext, row.state) == (None, None, None, "destroyed")
+    assert row.created_by == "admin" and row.destroyed_at is not None
+    with pytest.raises(NotFound):
+        s.destroy(env.admin, "a/b", 7)
+
+
+def test_only_the_configured_number_of_versions_is_kept(hsm, tmp_path, database) -> None:  # type: ignore[no-untyped-def]
+    vault = Vault(make_settings(hsm, tmp_path, database.url, max_versions=2))
+    admin = Caller(vault.initialise().admin_token)
+    for i in range(4):
+        vault.secrets.put(admin, "a/b", f"v{i}".encode())
+    states = [(v.version, v.state) for v in vault.secrets.versions(admin, "a/b")]
+    assert states == [(1, "destroyed"), (2, "destroyed"), (3, "previous"), (4, "current")]
+
+
+@pytest.mark.parametrize("value", [b"", b"x" * (64 * 1024 + 1)])
+def test_bad_values_are_refused_and_change_nothing(env: Env, value: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        env.vault.secrets.put(env.admin, "a/b", value)
+    with pytest.raises(NotFound):
+        env.vault.secrets.read(env.admin, "a/b")
+
+
+def test_a_value_at_the_limit_is_accepted(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "a/b", b"\x00\xff" * (32 * 1024))
+    assert env.vault.secrets.read(env.admin, "a/b") == b"\x00\xff" * (32 * 1024)
+
+
+def test_access_matrix_deny_by_default(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "ml/train/key", b"k")
+    s.put(env.admin, "other/key", b"o")
+    pipeline = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    viewer = env.principal("bob", "viewer", ("ml/**", ["list"]))
+    auditor = env.principal("aud", "auditor")
+    assert s.inject(pipeline, "ml/train/key") == b"k"
+    for caller, call in [
+        (pipeline, lambda c: s.read(c, "ml/train/key")),        # read is never a pipeline's
+        (pipeline, lambda c: s.inject(c, "other/key")),         # not granted
+        (pipeline, lambda c: s.put(c, "ml/train/key", b"x")),
+        (viewer, lambda c: s.read(c, "ml/train/key")),
+        (viewer, lambda c: s.inject(c, "ml/train/key")),
+        (auditor, lambda c: s.read(c, "ml/train/key")),
+        (auditor, lambda c: env.vault.access.create_principal(c, "x", "viewer")),
+    ]:
+        with pytest.raises(AccessDenied):
+            call(caller)
+    assert [i.path for i in s.list(viewer)] == ["ml/train/key"]
+    assert {i.path for i in s.list(auditor)} == {"ml/train/key", "other/key"}
+    assert env.vault.audit.tail(auditor, 1)
+    with pytest.raises(AccessDenied):
+        env.vault.audit.tail(viewer)
+    denied = [r for r in records(env) if r[3] == "denied"]
+    assert ("etl", "secret.read", "ml/train/key", "denied") in denied
+    assert ("etl", "secret.inject", "other/key", "denied") in denied
+    assert ("bob", "audit.tail", "", "denied") in denied
+    assert len(denied) == 8
+
+
+def test_explicit_deny_wins_over_any_allow(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "ml/prod/key", b"p")
+    env.vault.secrets.put(env.admin, "ml/dev/key", b"d")
+    pipeline = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    env.vault.access.grant(env.admin, "etl", "ml/prod/**", ["inject"], deny=True)
+    assert env.vault.secrets.inject(pipeline, "ml/dev/key") == b"d"
+    with pytest.raises(AccessDenied, match="explicit deny"):
+        env.vault.secrets.inject(pipeline, "ml/prod/key")
+    # a deny binds a security engineer too
+    env.vault.access.create_principal(env.admin, "se2", "security_engineer")
+    env.vault.access.grant(env.admin, "se2", "ml/prod/**", ["read"], deny=True)
+
+
+def test_grants_beyond_a_roles_ceiling_are_refused(env: Env) -> None:
+    env.principal("etl", "pipeline")
+    with pytest.raises(PolicyError, match="can never hold read"):
+        env.vault.access.grant(env.admin, "etl", "ml/**", ["read"])
+    with pytest.raises(PolicyError, match="unknown capability"):
+        env.vault.access.grant(env.admin, "etl", "ml/**", ["reed"])
+    with pytest.raises(PolicyError, match="unknown role"):
+        env.vault.access.create_principal(env.admin, "x", "root")
+
+
+def test_revoke_grant_and_policy_show(env: Env) -> None:
+    pipeline = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    env.vault.secrets.put(env.admin, "ml/k", b"v")
+    shown = {(g.principal, g.effect, g.pattern, g.capabilities)
+             for g in env.vault.access.policy(env.admin)}
+    assert ("etl", "allow", "ml/**", "inject") in shown
+    assert ("admin", "role", "**", "read,inject,write,delete,destroy,list,rotate,grant,audit") in shown
+    assert env.vault.access.revoke_grant(env.admin, "etl", "ml/**") == 1
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.inject(pipeline, "ml/k")
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage", "mls_" + "A" * 43])
+def test_bad_tokens_are_denied_and_recorded(env: Env, token: str | None) -> None:
+    env.vault.secrets.put(env.admin, "a/b", b"v")
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.read(Caller(token), "a/b")
+    assert records(env)[-1] == ("<unauthenticated>", "secret.read", "a/b", "denied")
+
+
+def test_revoked_and_expired_tokens_are_denied(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "a/b", b"v")
+    se = env.principal("se2", "security_engineer")
+    assert env.vault.secrets.read(se, "a/b") == b"v"
+    env.vault.access.revoke_principal(env.admin, "se2")
+    with pytest.raises(AccessDenied, match="revoked"):
+        env.vault.secrets.read(se, "a/b")
+    soon = Caller(env.vault.access.create_principal(
+        env.admin, "temp", "security_engineer", datetime.now(timezone.utc) + timedelta(seconds=1)))
+    assert env.vault.secrets.read(soon, "a/b") == b"v"
+    with env.vault.core.transaction() as session:
+        session.execute(text("UPDATE mlsecrets_principals SET expires_at = :t WHERE name = 'temp'"),
+                        {"t": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    with pytest.raises(AccessDenied, match="expired"):
+        env.vault.secrets.read(soon, "a/b")
+    with pytest.raises(InvalidInput, match="past"):
+        env.vault.access.create_principal(env.admin, "old", "viewer",
+                                          datetime.now(timezone.utc) - timedelta(days=1))
+
+
+def test_tokens_are_stored_only_as_keyed_hashes(env: Env) -> None:
+    token = env.vault.access.create_principal(env.admin, "etl", "pipeline")
+    with engine_for(env.settings.db_url).connect() as c:
+        stored = [bytes(r[0]) for r in c.execute(text("SELECT token_hash FROM mlsecrets_principals"))]
+    assert all(len(h) == 32 for h in stored)
+    assert all(token.encode() not in h for h in stored)
+    import hashlib
+
+    assert hashlib.sha256(token.encode()).digest() not in stored
+
+
+def test_swapped_ciphertexts_fail_closed_and_never_return_the_other_secret(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "ml/a", b"secret-a")
+    s.put(env.admin, "ml/b", b"secret-b")
+    with env.vault.core.transaction() as session:
+        a, b = session.scalars(select(SecretVersion).order_by(SecretVersion.id)).all()
+        for column in ("wrapped_key", "ciphertext", "nonce"):
+            va, vb = getattr(a, column), getattr(b, column)
+            setattr(a, column, vb)
+            setattr(b, column, va)
+    for path in ("ml/a", "ml/b"):
+        with pytest.raises(IntegrityError):
+            s.read(env.admin, path)
+    assert records(env)[-1][1:] == ("secret.read", "ml/b", "error")
+
+
+@pytest.mark.parametrize("column", ["wrapped_key", "ciphertext"])
+def test_swapping_one_column_between_versions_fails(env: Env, column: str) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "ml/a", b"first")
+    s.put(env.admin, "ml/a", b"second")
+    with env.vault.core.transaction() as session:
+        one, two = session.scalars(select(SecretVersion).order_by(SecretVersion.version)).all()
+        v1, v2 = getattr(one, column), getattr(two, column)
+        setattr(one, column, v2)
+        setattr(two, column, v1)
+    for version in (1, 2):
+        with pytest.raises(IntegrityError):
+            s.read(env.admin, "ml/a", version=version)
+
+
+def test_no_audit_record_means_no_secret_and_no_change(env: Env) -> None:
+    s = env.vault.secrets
+    s.put(env.admin, "ml/a", b"v1")
+    # Break the audit chain head: every append now fails inside the action's transaction.
+    with env.vault.core.transaction() as session:
+        session.execute(text("DELETE FROM mlsecrets_audit_head"))
+    with pytest.raises(AuditError):
+        s.read(env.admin, "ml/a")
+    with pytest.raises(AuditError):
+        s.put(env.admin, "ml/a", b"v2")
+    with engine_for(env.settings.db_url).connect() as c:
+        assert c.execute(select(Secret.latest_version)).scalar_one() == 1
+        assert c.execute(select(SecretVersion.version)).scalars().all() == [1]
+
+
+def test_not_found_is_recorded(env: Env) -> None:
+    with pytest.raises(NotFound):
+        env.vault.secrets.read(env.admin, "no/such")
+    assert records(env)[-1] == ("admin", "secret.read", "no/such", "not_found")
+
+
+def test_initialise_is_idempotent_and_keeps_tokens(env: Env) -> None:
+    again = env.vault.initialise()
+    assert not again.changed and again.admin_token is None
+    env.vault.secrets.put(env.admin, "a/b", b"v")  # the first token still works
+    fresh = Vault(env.settings)  # a new process's view of the same vault
+    assert fresh.secrets.read(env.admin, "a/b") == b"v"
+
+
+def test_status_and_keys(env: Env) -> None:
+    status = env.vault.status(env.admin)
+    assert status["current_kek"] == f"{env.settings.key_prefix}-kek-1"
+    assert status["you"] == "admin (security_engineer)"
+    env.vault.secrets.put(env.admin, "a/b", b"v")
+    [key] = env.vault.key_list(env.admin)
+    assert (key.state, key.versions_wrapped, key.sensitive, key.extractable) == (
+        "current", 1, True, False)
+    viewer = env.principal("v", "viewer")
+    assert env.vault.status(viewer)["you"] == "v (viewer)"
+    with pytest.raises(AccessDenied):
+        env.vault.key_list(viewer)
+
+
+def test_audit_records_never_hold_the_value(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "ml/canary", b"CANARY-4f1d2a")
+    env.vault.secrets.read(env.admin, "ml/canary")
+    with engine_for(env.settings.db_url).connect() as c:
+        for row in c.execute(text("SELECT * FROM mlsecrets_audit")):
+            assert "CANARY-4f1d2a" not in repr(tuple(row))
+
+
+def test_a_stale_cas_write_loses_cleanly(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "a/b", b"v1")
+    with pytest.raises(VersionConflict):
+        env.vault.secrets.put(env.admin, "a/b", b"v2", cas=5)
