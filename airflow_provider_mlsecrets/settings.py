@@ -19,7 +19,7 @@ from pathlib import Path
 from airflow_provider_mlsecrets.errors import ConfigurationError
 
 CONFIG_FILE = "config.json"
-DEFAULT_TOKEN_LABEL = "mlsecrets"
+DEFAULT_TOKEN_LABEL = "mlsecrets"  # noqa: S105 - the HSM token's label, not a password
 DEFAULT_KEY_PREFIX = "mlsecrets"
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_VERSIONS = 10
@@ -88,8 +88,9 @@ class Settings:
             if raw[name]:
                 kwargs[name] = raw[name]
         for name in ("max_value_bytes", "max_versions"):
-            if raw[name]:
-                kwargs[name] = _integer(ENVIRONMENT[name], raw[name])
+            value = raw[name]
+            if value:
+                kwargs[name] = _integer(ENVIRONMENT[name], value)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
@@ -141,7 +142,8 @@ def _read_config_file(home: Path) -> dict[str, str]:
         k in ENVIRONMENT.values() and isinstance(v, str) for k, v in data.items()
     ):
         raise ConfigurationError(
-            f"{path} must be a JSON object of MLSECRETS_* names to strings; see docs/configuration.md"
+            f"{path} must be a JSON object of MLSECRETS_* names to strings; "
+            "see docs/configuration.md"
         )
     return data
 

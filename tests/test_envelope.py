@@ -16,8 +16,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import IntegrityError
-from airflow_provider_mlsecrets.keys import KekId
-from airflow_provider_mlsecrets.keys import _session
+from airflow_provider_mlsecrets.keys import KekId, _session
 from airflow_provider_mlsecrets.keys.pkcs11 import PKCS11KeyProvider
 from airflow_provider_mlsecrets.keys.softhsm import DevToken
 from tests.conftest import make_settings
@@ -43,7 +42,8 @@ def provider(hsm: DevToken, tmp_path_factory: pytest.TempPathFactory) -> PKCS11K
 
 
 @pytest.fixture(scope="module")
-def known_kek(hsm: DevToken, tmp_path_factory: pytest.TempPathFactory) -> tuple[PKCS11KeyProvider, KekId]:
+def known_kek(hsm: DevToken,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[PKCS11KeyProvider, KekId]:
     """A KEK with a known value, imported for the known-answer test only (session object)."""
     settings = make_settings(hsm, tmp_path_factory.mktemp("kat"), "sqlite://", key_prefix="kat")
     keys = PKCS11KeyProvider(settings, random=counter_random())
@@ -102,7 +102,7 @@ def test_every_bit_flip_and_truncation_fails_with_the_same_opaque_error(
     envelope = Envelope(provider)
     sealed = envelope.seal(b"s3cret-value", BINDING, KekId(_kek(provider, 1)))
     blob: bytes = getattr(sealed, field)
-    variants = _flips(blob) + [blob[:-1], blob[:1], b"", blob + b"\x00"]
+    variants = [*_flips(blob), blob[:-1], blob[:1], b"", blob + b"\x00"]
     for variant in variants:
         with pytest.raises(IntegrityError) as info:
             envelope.open(dataclasses.replace(sealed, **{field: variant}), BINDING)
@@ -154,7 +154,8 @@ def test_rewrap_moves_the_key_and_leaves_the_payload_untouched(
     assert envelope.open(moved, BINDING) == b"value"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=st.binary(min_size=1, max_size=4096),
        path=st.from_regex(r"[a-z0-9_]{1,10}(/[a-z0-9_.\-]{1,10}){0,4}", fullmatch=True),
        version=st.integers(min_value=1, max_value=2**40))

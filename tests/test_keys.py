@@ -68,7 +68,7 @@ def test_no_module_configured_never_falls_back_to_software(tmp_path: Path) -> No
 def test_unknown_token_lists_the_tokens_present(hsm: DevToken, tmp_path: Path) -> None:
     provider = PKCS11KeyProvider(make_settings(hsm, tmp_path, "sqlite://",
                                                pkcs11_token="no-such-token"))
-    with pytest.raises(HSMUnavailable, match="no token labelled 'no-such-token'.*mlsecrets-test"):
+    with pytest.raises(HSMUnavailable, match=r"no token labelled 'no-such-token'.*mlsecrets-test"):
         provider.check()
 
 

@@ -72,9 +72,11 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
 def _rows(connection: Connection, chain: int, upto: int) -> Iterable[Row[Any]]:
     """The chain's records up to its head as read: records committed after the head was
     read belong to the next verification, not to a false alarm in this one."""
-    return connection.execution_options(yield_per=5000).execute(
+    # Per-statement options: Connection.execution_options() would change the connection
+    # itself, and every later statement on it would become a server-side cursor.
+    return connection.execute(
         select(*_COLUMNS).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
-        .order_by(AuditRecord.seq))
+        .order_by(AuditRecord.seq).execution_options(yield_per=5000))
 
 
 def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
@@ -126,7 +128,8 @@ def _seal_ok(keys: KeyProvider, digest: bytes, seal: bytes | None) -> bool:
     return seal is not None and hmac.compare_digest(keys.mac(MacKey.AUDIT, digest), seal)
 
 
-def _check_point(connection: Connection, keys: KeyProvider, point: ChainPoint, report: Report) -> None:
+def _check_point(connection: Connection, keys: KeyProvider, point: ChainPoint,
+                 report: Report) -> None:
     chain, seq = point.chain, point.seq
     if not _seal_ok(keys, point.hash, point.seal):
         report.fail(chain, None, f"checkpoint for chain {chain} at record {seq} has a bad seal: "

@@ -17,6 +17,7 @@ Why each rule here exists:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -145,10 +146,8 @@ def _reinitialise(module: str) -> None:
     for key in [k for k in _SHARED if k[0] == module]:
         del _SHARED[key]
     lib = _load(module)
-    try:
-        lib.finalize()
-    except p11e.PKCS11Error:
-        pass  # already finalised (a reset_on_fork child): initialising is what matters
+    with contextlib.suppress(p11e.PKCS11Error):
+        lib.finalize()  # fails in a reset_on_fork child: initialising is what matters
     lib.initialize()
 
 

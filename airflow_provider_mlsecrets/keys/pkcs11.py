@@ -147,7 +147,8 @@ class PKCS11KeyProvider(KeyProvider):
 
     # -- helpers ---------------------------------------------------------------------
     def _secret_key(self, label: str, key_type: KeyType) -> Any:
-        return _session.cached_object(self._address, label, lambda s: self._find(s, label, key_type))
+        return _session.cached_object(self._address, label,
+                                      lambda s: self._find(s, label, key_type))
 
     def _find(self, session: Any, label: str, key_type: KeyType | None = None) -> Any:
         try:
@@ -159,7 +160,8 @@ class PKCS11KeyProvider(KeyProvider):
                 "replaced, or MLSECRETS_KEY_PREFIX changed?"
             ) from None
         except p11e.MultipleObjectsReturned:
-            raise KeyProviderError(f"more than one key on the token is labelled {label!r}") from None
+            raise KeyProviderError(
+                f"more than one key on the token is labelled {label!r}") from None
 
     def _exists(self, label: str) -> bool:
         def op(session: Any) -> bool:

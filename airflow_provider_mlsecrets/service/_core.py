@@ -126,9 +126,9 @@ class Core:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction; database failures become :class:`StoreError`."""
-        with self.database_errors(), Session(self.engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        with (self.database_errors(), Session(self.engine, expire_on_commit=False) as session,
+              session.begin()):
+            yield session
 
     @contextmanager
     def database_errors(self) -> Iterator[None]:

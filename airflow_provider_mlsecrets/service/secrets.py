@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from airflow_provider_mlsecrets.errors import (
 from airflow_provider_mlsecrets.keys import KekId
 from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
 from airflow_provider_mlsecrets.policy.roles import Capability
-from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
+from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.store.models import (
     Kek,
     KeyState,
@@ -26,6 +27,7 @@ from airflow_provider_mlsecrets.store.models import (
     SecretVersion,
     VersionState,
 )
+
 
 @dataclass(frozen=True)
 class SecretInfo:
@@ -156,7 +158,7 @@ class SecretsService:
         return self._open(caller, path, version, Capability.INJECT, "secret.inject")
 
     def list(self, caller: Caller, prefix: str = "", *,
-             include_deleted: bool = False) -> list[SecretInfo]:
+             include_deleted: bool = False) -> builtins.list[SecretInfo]:
         """Metadata of the secrets under ``prefix`` that the caller may list. Every secret is
         checked on its own, so the answer is exactly what the caller's grants cover."""
         prefix = parse_prefix(prefix)
@@ -170,7 +172,7 @@ class SecretsService:
             op.reason += f"; {len(out)} shown"
             return out
 
-    def versions(self, caller: Caller, path: str) -> list[VersionInfo]:
+    def versions(self, caller: Caller, path: str) -> builtins.list[VersionInfo]:
         path = parse_path(path)
         with self._core.operation(caller, "secret.versions", Capability.LIST, path) as op:
             secret = self._existing(op.session, path, include_deleted=True)
@@ -254,7 +256,7 @@ class SecretsService:
             raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
         return KekId(label)
 
-    def _prune(self, session: Session, secret: Secret) -> list[int]:
+    def _prune(self, session: Session, secret: Secret) -> builtins.list[int]:
         """Destroy the oldest kept versions beyond the configured number."""
         keep = secret.max_versions or self._core.settings.max_versions
         kept = session.scalars(select(SecretVersion).where(

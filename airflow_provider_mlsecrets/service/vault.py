@@ -140,11 +140,13 @@ class Vault:
                 .group_by(models.SecretVersion.kek_id)).tuples().all())
             out = []
             for kek in op.session.scalars(select(models.Kek).order_by(models.Kek.version)):
+                sensitive: bool | None = None
+                extractable: bool | None = None
                 try:
                     info = self.core.keys.describe(kek.label)
                     sensitive, extractable = info.sensitive, info.extractable
                 except KeyMissing:
-                    sensitive = extractable = None
+                    pass  # shown as unknown: the token no longer has it
                 out.append(KeyView(label=kek.label, version=kek.version, state=kek.state,
                                    created_at=format_ts(kek.created_at),
                                    versions_wrapped=uses.get(kek.label, 0),

@@ -1,0 +1,207 @@
+"""The audit trail: append-only triggers, and verification that catches every kind of change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
+from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
+from airflow_provider_mlsecrets.errors import AccessDenied, AuditChainBroken, InvalidInput
+from airflow_provider_mlsecrets.store.engine import engine_for
+from tests.conftest import Env
+
+COLUMNS = ("ts, principal, roles, action, path, version, outcome, reason, request_id, context")
+
+
+def fill(env: Env, n: int = 6) -> None:
+    for i in range(n):
+        env.vault.secrets.put(env.admin, f"ml/s{i}", f"value-{i}".encode())
+
+
+def drop_triggers(c: Connection, kind: str) -> None:
+    """What an attacker with database write access does first."""
+    if kind == "sqlite":
+        c.execute(text("DROP TRIGGER mlsecrets_audit_no_update"))
+        c.execute(text("DROP TRIGGER mlsecrets_audit_no_delete"))
+    else:
+        c.execute(text("DROP TRIGGER mlsecrets_audit_no_change ON mlsecrets_audit"))
+
+
+def tamper(env: Env, change: Callable[[Connection], None]) -> None:
+    with engine_for(env.settings.db_url).begin() as c:
+        drop_triggers(c, env.database.kind)
+        change(c)
+
+
+def first_bad(env: Env, **kwargs: object) -> int | None:
+    with pytest.raises(AuditChainBroken) as info:
+        env.vault.audit.verify(env.admin, **kwargs)  # type: ignore[arg-type]
+    return info.value.seq
+
+
+def rehash_from(c: Connection, vault_id: str, start: int) -> None:
+    """Recompute every hash from ``start`` on, as an attacker can (not the seals)."""
+    rows = c.execute(text(f"SELECT seq, {COLUMNS}, hash FROM mlsecrets_audit WHERE chain = 1 "
+                          "ORDER BY seq")).all()
+    previous = genesis(vault_id, 1)
+    for r in rows:
+        digest = next_hash(previous, 1, r.seq, Entry(*r[1:11]))
+        if r.seq >= start:
+            c.execute(text("UPDATE mlsecrets_audit SET hash = :h WHERE chain = 1 AND seq = :s"),
+                      {"h": digest, "s": r.seq})
+        previous = digest
+    c.execute(text("UPDATE mlsecrets_audit_head SET seq = :s, hash = :h WHERE chain = 1"),
+              {"s": rows[-1].seq, "h": previous})
+
+
+def vault_id(env: Env) -> str:
+    with env.vault.core.transaction() as session:
+        return env.vault.core.vault_id(session)
+
+
+def test_an_untouched_trail_verifies(env: Env) -> None:
+    fill(env)
+    report = env.vault.audit.verify(env.admin, all_seals=True)
+    assert report.ok and report.records == 7 and report.seals_checked == 7
+
+
+def test_triggers_refuse_update_and_delete(env: Env) -> None:
+    fill(env, 1)
+    for statement in ("UPDATE mlsecrets_audit SET reason = 'x'", "DELETE FROM mlsecrets_audit"):
+        with pytest.raises(DBAPIError, match="append-only"), \
+                engine_for(env.settings.db_url).begin() as c:
+            c.execute(text(statement))
+    if env.database.kind == "postgres":
+        with pytest.raises(DBAPIError, match="append-only"), \
+                engine_for(env.settings.db_url).begin() as c:
+            c.execute(text("TRUNCATE mlsecrets_audit"))
+    assert env.vault.audit.verify(env.admin).ok
+
+
+def test_a_modified_record_is_named(env: Env) -> None:
+    fill(env)
+    tamper(env, lambda c: c.execute(text(
+        "UPDATE mlsecrets_audit SET principal = 'mallory' WHERE seq = 4")))
+    assert first_bad(env) == 4
+
+
+def test_a_modified_record_with_recomputed_hashes_is_named_by_its_seal(env: Env) -> None:
+    fill(env)
+    vid = vault_id(env)
+
+    def change(c: Connection) -> None:
+        c.execute(text("UPDATE mlsecrets_audit SET outcome = 'denied' WHERE seq = 3"))
+        rehash_from(c, vid, 3)
+
+    tamper(env, change)
+    assert first_bad(env) == 3
+    assert first_bad(env, all_seals=True) == 3
+
+
+def test_a_deleted_record_is_named(env: Env) -> None:
+    fill(env)
+    tamper(env, lambda c: c.execute(text("DELETE FROM mlsecrets_audit WHERE seq = 5")))
+    assert first_bad(env) == 5
+
+
+def test_an_inserted_record_is_caught(env: Env) -> None:
+    fill(env)
+    vid = vault_id(env)
+
+    def change(c: Connection) -> None:
+        # forge a record at the end, with a correct hash but no valid seal
+        last = c.execute(text("SELECT seq, hash FROM mlsecrets_audit ORDER BY seq DESC")).first()
+        assert last is not None
+        entry = Entry("2026-01-01T00:00:00.000000Z", "admin", "security_engineer", "secret.read",
+                      "ml/s1", 1, "allowed", "forged", "r", "{}")
+        digest = next_hash(bytes(last.hash), 1, last.seq + 1, entry)
+        c.execute(text(f"INSERT INTO mlsecrets_audit (chain, seq, {COLUMNS}, hash, seal) VALUES "
+                       "(1, :seq, :ts, :p, :roles, :a, :path, :v, :o, :r, :rid, :ctx, :h, :seal)"),
+                  {"seq": last.seq + 1, "ts": entry.ts, "p": entry.principal,
+                   "roles": entry.roles, "a": entry.action, "path": entry.path, "v": 1,
+                   "o": entry.outcome, "r": entry.reason, "rid": "r", "ctx": "{}", "h": digest,
+                   "seal": b"\x00" * 32})
+        c.execute(text("UPDATE mlsecrets_audit_head SET seq = :s, hash = :h"),
+                  {"s": last.seq + 1, "h": digest})
+        assert vid
+
+    tamper(env, change)
+    assert first_bad(env) == 8
+
+
+def test_reordered_records_are_caught(env: Env) -> None:
+    fill(env)
+
+    def change(c: Connection) -> None:
+        a = c.execute(text(f"SELECT {COLUMNS} FROM mlsecrets_audit WHERE seq = 3")).one()
+        b = c.execute(text(f"SELECT {COLUMNS} FROM mlsecrets_audit WHERE seq = 4")).one()
+        names = [n.strip() for n in COLUMNS.split(",")]
+        for seq, row in ((3, b), (4, a)):
+            assignments = ", ".join(f"{n} = :{n}" for n in names)
+            c.execute(text(f"UPDATE mlsecrets_audit SET {assignments} WHERE seq = :seq"),
+                      {**dict(zip(names, row, strict=True)), "seq": seq})
+
+    tamper(env, change)
+    assert first_bad(env) == 3
+
+
+def test_truncation_is_caught_by_a_checkpoint(env: Env, tmp_path: Path) -> None:
+    fill(env)
+    checkpoint_file = tmp_path / "cp.json"
+    checkpoint_file.write_text(env.vault.audit.checkpoint(env.admin).to_json())
+    checkpoint = Checkpoint.read(checkpoint_file)
+    assert env.vault.audit.verify(env.admin, checkpoint=checkpoint).ok
+    cut = checkpoint.chains[0].seq - 2
+    vid = vault_id(env)
+
+    def change(c: Connection) -> None:
+        c.execute(text("DELETE FROM mlsecrets_audit WHERE seq > :s"), {"s": cut})
+        rehash_from(c, vid, cut + 1)  # moves the head back to the new end
+
+    tamper(env, change)
+    assert env.vault.audit.verify(env.admin).ok  # without the checkpoint, nothing shows
+    with pytest.raises(AuditChainBroken, match="truncated"):
+        env.vault.audit.verify(env.admin, checkpoint=checkpoint)
+
+
+def test_a_forged_checkpoint_is_refused(env: Env, tmp_path: Path) -> None:
+    fill(env, 2)
+    data = json.loads(env.vault.audit.checkpoint(env.admin).to_json())
+    data["chains"][0]["seal"] = "00" * 32
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    with pytest.raises(AuditChainBroken, match="not made by this vault"):
+        env.vault.audit.verify(env.admin, checkpoint=Checkpoint.read(forged))
+    forged.write_text("{}")
+    with pytest.raises(InvalidInput, match="not an audit checkpoint"):
+        Checkpoint.read(forged)
+
+
+def test_deleting_the_tail_without_fixing_the_head_is_caught(env: Env) -> None:
+    fill(env)
+    tamper(env, lambda c: c.execute(text("DELETE FROM mlsecrets_audit WHERE seq >= 6")))
+    with pytest.raises(AuditChainBroken, match="deleted from the end"):
+        env.vault.audit.verify(env.admin)
+
+
+def test_filters_for_forensic_work(env: Env) -> None:
+    from airflow_provider_mlsecrets.service.audit import AuditFilter
+
+    fill(env, 2)
+    etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    env.vault.secrets.inject(etl, "ml/s1")
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.read(etl, "ml/s0")
+    denied = env.vault.audit.tail(env.admin, 50, AuditFilter(principal="etl", outcome="denied"))
+    assert [(r.action, r.path) for r in denied] == [("secret.read", "ml/s0")]
+    assert [r.path for r in env.vault.audit.export(env.admin, AuditFilter(action="secret.inject"))
+            ] == ["ml/s1"]
+    assert env.vault.audit.tail(env.admin, 50, AuditFilter(path_prefix="ml/s1"))
+    with pytest.raises(InvalidInput):
+        AuditFilter(outcome="maybe")
