@@ -4,8 +4,9 @@ A path names one secret: ``segment(/segment)*``. Each segment starts with a lett
 digit or underscore and goes on with letters, digits, ``_``, ``.`` and ``-``; so
 ``.``, ``..`` and empty segments cannot be written, and no path can climb out of a
 prefix a grant was written for. Patterns are paths whose segments may also be ``*``
-(any one segment), ``**`` (any number of segments, none included) or hold ``*`` as a
-wildcard within one segment (``api_*``).
+(any one segment), ``**`` (any number of segments) or hold ``*`` as a wildcard within one
+segment (``api_*``). A leading or inner ``**`` may match no segment (``**/key`` covers
+``key``); a trailing one needs at least one (``ml/**`` covers ``ml/x``, not ``ml``).
 """
 
 from __future__ import annotations

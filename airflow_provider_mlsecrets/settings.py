@@ -76,7 +76,8 @@ class Settings:
         """Build the settings from the environment over ``$MLSECRETS_HOME/config.json``."""
         env = os.environ if environ is None else environ
         home = Path(env.get("MLSECRETS_HOME") or Path.home() / ".mlsecrets").expanduser()
-        merged: dict[str, str] = {**_read_config_file(home), **env}
+        # an empty variable counts as unset, so it cannot hide the config file's value
+        merged = {**_read_config_file(home), **{k: v for k, v in env.items() if v}}
         raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
         kwargs: dict[str, object] = {"home": home}
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"

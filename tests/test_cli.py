@@ -197,3 +197,13 @@ def test_eight_cli_processes_at_the_same_moment(tmp_path: Path) -> None:
     assert results == [(0, f"parallel-value-{i}".encode()) for i in range(8)]
     # init, 8 puts, 8 gets, and the count that sizes the progress bar
     assert "audit trail OK: 18 records" in cli.ok("audit", "verify")
+
+
+def test_json_is_accepted_before_and_after_the_subcommand(cli: Cli) -> None:
+    for args in (["--json", "status"], ["status", "--json"], ["secret", "--json", "list"]):
+        json.loads(cli.ok(*args))
+
+
+def test_an_empty_variable_does_not_hide_the_config_file(cli: Cli) -> None:
+    assert json.loads(cli.ok("status", "--json", MLSECRETS_PKCS11_MODULE=""))["pkcs11_module"]
+

@@ -296,3 +296,23 @@ def test_a_stale_cas_write_loses_cleanly(env: Env) -> None:
     env.vault.secrets.put(env.admin, "a/b", b"v1")
     with pytest.raises(VersionConflict):
         env.vault.secrets.put(env.admin, "a/b", b"v2", cas=5)
+
+
+def test_the_last_security_engineer_cannot_be_revoked(env: Env) -> None:
+    with pytest.raises(InvalidInput, match="last active security engineer"):
+        env.vault.access.revoke_principal(env.admin, "admin")
+    env.vault.access.create_principal(env.admin, "se2", "security_engineer")
+    env.vault.access.revoke_principal(env.admin, "admin")
+    with pytest.raises(AccessDenied, match="revoked"):
+        env.vault.status(env.admin)
+
+
+def test_init_is_the_break_glass_when_no_engineer_is_active(env: Env) -> None:
+    with env.vault.core.transaction() as session:
+        session.execute(text("UPDATE mlsecrets_principals SET expires_at = :t"),
+                        {"t": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    result = env.vault.initialise("recovery")
+    assert result.admin_name == "recovery" and result.admin_token is not None
+    assert env.vault.status(Caller(result.admin_token))["you"] == "recovery (security_engineer)"
+    init_record = env.vault.audit.tail(Caller(result.admin_token), 2)[0]
+    assert init_record.action == "vault.init" and "principal recovery" in init_record.reason

@@ -58,6 +58,9 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
            progress: Progress | None = None) -> Report:
     report = Report()
     heads = {h.chain: h for h in connection.execute(select(AuditHead)).all()}
+    if not heads:
+        report.fail(0, None, "there is no audit chain at all: the trail was removed, or the "
+                    "vault was never initialised")
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
     for chain, head in sorted(heads.items()):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlsecrets._files import write_private
 from airflow_provider_mlsecrets.errors import ConfigurationError
 from airflow_provider_mlsecrets.keys.softhsm import provision
 from airflow_provider_mlsecrets.settings import CONFIG_FILE
@@ -34,16 +34,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     key_sub = key.add_subparsers(dest="action", metavar="ACTION", required=True)
     key_sub.add_parser("list", parents=[common], help="list key versions"
                        ).set_defaults(handler=_key_list)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` atomically with mode 0600 from its first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _init(args: argparse.Namespace, ctx: Context) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlsecrets._files import write_private
 from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.cli._output import plain, write_lines
@@ -85,11 +85,7 @@ def _verify(args: argparse.Namespace, ctx: Context) -> None:
 
 def _checkpoint(args: argparse.Namespace, ctx: Context) -> None:
     point = ctx.vault.audit.checkpoint(ctx.caller)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(point.to_json())
-    os.replace(tmp, args.out)
+    write_private(args.out, point.to_json(), mode=0o644)  # public data, but whole or absent
     where = ", ".join(f"chain {c.chain} at record {c.seq}" for c in point.chains)
     ctx.output.message(f"checkpoint written to {args.out} ({where}); keep it away from the "
                        "database", json.loads(point.to_json()))

@@ -50,7 +50,9 @@ class Context:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    # SUPPRESS: a subcommand's parser must not reset a --json given before it
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
     parser = argparse.ArgumentParser(
         prog="mlsecrets", parents=[common],
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
@@ -64,17 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    context = Context(output=Output(as_json=args.json))
+    context = Context(output=Output(as_json=getattr(args, "json", False)))
     try:
         code = args.handler(args, context)
     except MLSecretsError as exc:
         context.output.warn(f"mlsecrets: error: {exc}")
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader went away (``| head``): not an error worth a message
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         context.output.warn("mlsecrets: interrupted; nothing half-written is kept")
         return 130
     except Exception as exc:
-        if os.environ.get("MLSECRETS_DEBUG"):
+        if os.environ.get("MLSECRETS_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
         context.output.warn(f"mlsecrets: internal error ({type(exc).__name__}); run again with "
                             "MLSECRETS_DEBUG=1 for the traceback and report it")

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_provider_mlsecrets._files import write_private
 from airflow_provider_mlsecrets.errors import ConfigurationError, HSMUnavailable
 
 MODULE_CANDIDATES = (
@@ -48,14 +49,6 @@ def find_module() -> str:
     raise HSMUnavailable(
         "SoftHSM2 is not installed (no libsofthsm2.so found); install it with "
         "'apt-get install softhsm2', or set MLSECRETS_PKCS11_MODULE to your HSM's module")
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """Create ``path`` with mode 0600 from the start (never world-readable for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
 
 
 def provision(home: Path, label: str) -> DevToken:
@@ -104,5 +97,5 @@ def _set_real_pins(module: str, conf: Path, label: str, old_so: str, old_user: s
             session.set_pin(old_user, user_pin)
         with token.open(rw=True, so_pin=old_so) as session:
             session.set_pin(old_so, so_pin)
-    write_secret_file(home / "pkcs11.so-pin", so_pin)
-    write_secret_file(pin_file, user_pin)
+    write_private(home / "pkcs11.so-pin", so_pin + "\n")
+    write_private(pin_file, user_pin + "\n")

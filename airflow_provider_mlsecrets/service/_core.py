@@ -180,8 +180,8 @@ class Core:
                 raise AccessDenied(f"access denied: {decision.reason}")
             op = Op(session=session, actor=actor, version=version, reason=decision.reason)
             try:
-                yield op
                 with self.database_errors():
+                    yield op
                     self._append(session, base, actor.name, actor.role.value, Outcome.ALLOWED,
                                  op.reason, op.version)
                     session.commit()

@@ -68,6 +68,14 @@ def _principal_info(p: Principal) -> PrincipalInfo:
                          revoked_at=p.revoked_at)
 
 
+def active_engineers(session: Session) -> int:
+    """Security engineers whose token is neither revoked nor expired."""
+    now = utcnow()
+    return len([p for p in session.scalars(select(Principal).where(
+        Principal.role == Role.SECURITY_ENGINEER.value, Principal.revoked_at.is_(None)))
+        if p.expires_at is None or p.expires_at > now])
+
+
 def add_principal(core: Core, session: Session, name: str, role: Role, created_by: str,
                   expires_at: datetime | None = None) -> str:
     """Create a principal inside ``session``; return its token (the only copy)."""
@@ -107,6 +115,11 @@ class AccessService:
             if principal.revoked_at is not None:
                 op.reason += f"; {name} was already revoked"
                 return
+            if principal.role == Role.SECURITY_ENGINEER.value and active_engineers(
+                    op.session) <= 1:
+                raise InvalidInput(
+                    f"{name} is the last active security engineer; create another one first, "
+                    "or nobody could manage the vault")
             principal.revoked_at = utcnow()
             op.reason += f"; revoked {name}"
 

@@ -217,7 +217,7 @@ class SecretsService:
             raise InvalidInput("the value is empty; a secret needs at least one byte")
         limit = self._core.settings.max_value_bytes
         if len(value) > limit:
-            raise InvalidInput(f"the value is {len(value)} bytes, over the limit of {limit} "
+            raise InvalidInput(f"the value is over the limit of {limit} bytes "
                                "(MLSECRETS_MAX_VALUE_BYTES)")
 
     def _binding(self, session: Session, path: str, version: int) -> Binding:

@@ -14,7 +14,12 @@ from airflow_provider_mlsecrets.errors import KeyMissing
 from airflow_provider_mlsecrets.keys import KeyProvider, kek_label
 from airflow_provider_mlsecrets.policy.roles import Capability, Role
 from airflow_provider_mlsecrets.service._core import Caller, Core, process_context, utcnow
-from airflow_provider_mlsecrets.service.access import AccessService, add_principal, parse_name
+from airflow_provider_mlsecrets.service.access import (
+    AccessService,
+    active_engineers,
+    add_principal,
+    parse_name,
+)
 from airflow_provider_mlsecrets.service.audit import AuditService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
 from airflow_provider_mlsecrets.settings import Settings
@@ -91,9 +96,9 @@ class Vault:
                     created.append(f"HSM key {label}")
                 session.add(models.Kek(version=1, label=label, state=models.KeyState.CURRENT.value,
                                        created_at=utcnow()))
-            has_admin = session.execute(select(models.Principal.id).where(
-                models.Principal.role == Role.SECURITY_ENGINEER.value)).first()
-            if has_admin is None:
+            # No active security engineer (first run, or all revoked or expired): this is the
+            # audited break-glass path of whoever holds the HSM PIN and the database.
+            if active_engineers(session) == 0:
                 admin_token = add_principal(core, session, admin_name, Role.SECURITY_ENGINEER,
                                             created_by=f"os:{getpass.getuser()}")
                 created.append(f"principal {admin_name} (security_engineer)")

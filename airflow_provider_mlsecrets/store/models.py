@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -102,7 +103,8 @@ class SecretVersion(Base):
     """One sealed value. Destroying it clears the three crypto columns, keeping the row."""
 
     __tablename__ = "mlsecrets_secret_versions"
-    __table_args__ = (UniqueConstraint("secret_id", "version"),)
+    __table_args__ = (UniqueConstraint("secret_id", "version"),
+                      Index("ix_mlsecrets_secret_versions_kek", "kek_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     secret_id: Mapped[int] = mapped_column(ForeignKey("mlsecrets_secrets.id"))
     version: Mapped[int] = mapped_column(Integer)
