@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -185,12 +186,11 @@ def test_revoked_and_expired_tokens_are_denied(env: Env) -> None:
     env.vault.access.revoke_principal(env.admin, "se2")
     with pytest.raises(AccessDenied, match="revoked"):
         env.vault.secrets.read(se, "a/b")
-    soon = Caller(env.vault.access.create_principal(
-        env.admin, "temp", "security_engineer", datetime.now(timezone.utc) + timedelta(seconds=1)))
+    expiry = datetime.now(timezone.utc) + timedelta(seconds=1)
+    soon = Caller(env.vault.access.create_principal(env.admin, "temp", "security_engineer",
+                                                    expiry))
     assert env.vault.secrets.read(soon, "a/b") == b"v"
-    with env.vault.core.transaction() as session:
-        session.execute(text("UPDATE mlsecrets_principals SET expires_at = :t WHERE name = 'temp'"),
-                        {"t": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    time.sleep(max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds()) + 0.05)
     with pytest.raises(AccessDenied, match="expired"):
         env.vault.secrets.read(soon, "a/b")
     with pytest.raises(InvalidInput, match="past"):
@@ -316,3 +316,31 @@ def test_init_is_the_break_glass_when_no_engineer_is_active(env: Env) -> None:
     assert env.vault.status(Caller(result.admin_token))["you"] == "recovery (security_engineer)"
     init_record = env.vault.audit.tail(Caller(result.admin_token), 2)[0]
     assert init_record.action == "vault.init" and "principal recovery" in init_record.reason
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE mlsecrets_principals SET role = 'security_engineer' WHERE name = 'etl'",
+    "DELETE FROM mlsecrets_grants WHERE effect = 'deny'",
+    "UPDATE mlsecrets_grants SET pattern = '**' WHERE effect = 'allow'",
+    "UPDATE mlsecrets_principals SET revoked_at = NULL WHERE name = 'etl'",
+])
+def test_policy_rows_changed_in_the_database_are_refused(env: Env, statement: str) -> None:
+    env.vault.secrets.put(env.admin, "ml/prod/key", b"p")
+    etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    env.vault.access.grant(env.admin, "etl", "ml/prod/**", ["inject"], deny=True)
+    if "revoked_at" in statement:
+        env.vault.access.revoke_principal(env.admin, "etl")
+    with env.vault.core.transaction() as session:
+        session.execute(text(statement))
+    with pytest.raises(IntegrityError, match="altered outside the vault"):
+        env.vault.secrets.inject(etl, "ml/prod/key")
+    assert records(env)[-1] == ("<unauthenticated>", "secret.inject", "ml/prod/key", "denied")
+
+
+def test_a_secret_pointed_back_at_an_old_version_is_refused(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "ml/key", b"old-compromised")
+    env.vault.secrets.put(env.admin, "ml/key", b"new")
+    with env.vault.core.transaction() as session:
+        session.execute(text("UPDATE mlsecrets_secrets SET current_version = 1"))
+    with pytest.raises(IntegrityError, match="ml/key was altered"):
+        env.vault.secrets.read(env.admin, "ml/key")

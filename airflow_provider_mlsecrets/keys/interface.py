@@ -5,7 +5,9 @@ Two families of keys live behind it and never leave it:
 * key-encryption keys (KEKs), AES-256, labelled ``<prefix>-kek-<n>``, which wrap each
   secret version's data key with AES-GCM and associated data;
 * MAC keys, generic secrets used for HMAC-SHA256: ``<prefix>-audit-mac`` seals the audit
-  chain and ``<prefix>-token-mac`` turns principal tokens into the keyed hashes we store.
+  chain, ``<prefix>-token-mac`` turns principal tokens into the keyed hashes we store, and
+  ``<prefix>-integrity-mac`` authenticates the rows that decide access (principals, grants)
+  and which version of a secret is served.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class MacKey(enum.Enum):
 
     AUDIT = "audit-mac"
     TOKEN = "token-mac"  # noqa: S105 - a key label, not a password
+    INTEGRITY = "integrity-mac"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from airflow_provider_mlsecrets.errors import (
     AccessDenied,
     AuditError,
     ConfigurationError,
+    IntegrityError,
     MLSecretsError,
     NotFound,
     StoreError,
@@ -43,11 +44,13 @@ from airflow_provider_mlsecrets.keys import KeyProvider
 from airflow_provider_mlsecrets.policy.decide import Decision, Rule, decide
 from airflow_provider_mlsecrets.policy.roles import Capability, Role, parse_capabilities
 from airflow_provider_mlsecrets.policy.tokens import token_hash, well_formed
+from airflow_provider_mlsecrets.service._integrity import principal_intact
 from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store import models
 from airflow_provider_mlsecrets.store.engine import engine_for, safe_url
 
 NOBODY = "<unauthenticated>"
+TAMPERED = "record altered outside the vault"
 
 
 def utcnow() -> datetime:
@@ -177,6 +180,8 @@ class Core:
                 self._record_alone(base, actor.name if actor else NOBODY,
                                    actor.role.value if actor else "", Outcome.DENIED,
                                    decision.reason, version)
+                if decision.reason.startswith(TAMPERED):
+                    raise IntegrityError(f"{decision.reason}; restore the database from backup")
                 raise AccessDenied(f"access denied: {decision.reason}")
             op = Op(session=session, actor=actor, version=version, reason=decision.reason)
             try:
@@ -208,6 +213,8 @@ class Core:
         ).scalar_one_or_none()
         if principal is None or not hmac.compare_digest(principal.token_hash, digest):
             return None, Decision(False, "unknown token")
+        if not principal_intact(self.keys, session, self.vault_id(session), principal):
+            return None, Decision(False, f"{TAMPERED}: principal {principal.name}")
         actor = Actor(name=principal.name, role=Role(principal.role), rules=tuple(
             Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),
                  deny=g.effect == "deny") for g in principal.grants))

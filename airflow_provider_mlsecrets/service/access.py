@@ -20,6 +20,7 @@ from airflow_provider_mlsecrets.policy.roles import (
 )
 from airflow_provider_mlsecrets.policy.tokens import new_token, token_hash
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
+from airflow_provider_mlsecrets.service._integrity import seal_principal
 from airflow_provider_mlsecrets.store.models import Grant, Principal
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:\-]{0,127}")
@@ -82,10 +83,16 @@ def add_principal(core: Core, session: Session, name: str, role: Role, created_b
     if session.execute(select(Principal.id).where(Principal.name == name)).first():
         raise InvalidInput(f"a principal named {name!r} already exists")
     token = new_token()
-    session.add(Principal(name=name, role=role.value, token_hash=token_hash(core.keys, token),
-                          created_by=created_by, created_at=utcnow(), expires_at=expires_at))
-    session.flush()
+    principal = Principal(name=name, role=role.value, token_hash=token_hash(core.keys, token),
+                          created_by=created_by, created_at=utcnow(), expires_at=expires_at)
+    session.add(principal)
+    reseal(core, session, principal)
     return token
+
+
+def reseal(core: Core, session: Session, principal: Principal) -> None:
+    """Recompute the principal's integrity MAC after it or its grants changed."""
+    seal_principal(core.keys, session, core.vault_id(session), principal)
 
 
 class AccessService:
@@ -121,6 +128,7 @@ class AccessService:
                     f"{name} is the last active security engineer; create another one first, "
                     "or nobody could manage the vault")
             principal.revoked_at = utcnow()
+            reseal(self._core, op.session, principal)
             op.reason += f"; revoked {name}"
 
     def grant(self, caller: Caller, name: str, pattern: str, capabilities: list[str], *,
@@ -147,7 +155,7 @@ class AccessService:
                 op.session.add(row)
             merged = caps | (parse_capabilities([row.capabilities]) if row.capabilities else set())
             row.capabilities = format_capabilities(merged)
-            op.session.flush()
+            reseal(self._core, op.session, principal)
             op.reason += f"; {effect} {row.capabilities} on {pattern} to {name}"
             return GrantInfo(principal=name, role=role.value, pattern=pattern, effect=effect,
                              capabilities=row.capabilities, created_by=row.created_by,
@@ -164,6 +172,7 @@ class AccessService:
                 raise NotFound(f"{name} has no grant on {pattern}")
             for row in rows:
                 op.session.delete(row)
+            reseal(self._core, op.session, principal)
             op.reason += f"; removed {len(rows)} grant(s) of {name} on {pattern}"
             return len(rows)
 

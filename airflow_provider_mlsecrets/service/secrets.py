@@ -20,6 +20,7 @@ from airflow_provider_mlsecrets.keys import KekId
 from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
+from airflow_provider_mlsecrets.service._integrity import check_secret, seal_secret
 from airflow_provider_mlsecrets.store.models import (
     Kek,
     KeyState,
@@ -121,6 +122,7 @@ class SecretsService:
             secret.latest_version = version
             secret.current_version = version
             secret.updated_at = now
+            self._seal(op.session, secret)
             op.session.flush()
             pruned = self._prune(op.session, secret)
             op.version = version
@@ -146,6 +148,7 @@ class SecretsService:
                 return
             if secret.current_version == version:
                 secret.current_version = None
+                self._seal(op.session, secret)
             _erase(row)
 
     # -- reading ---------------------------------------------------------------------
@@ -209,6 +212,7 @@ class SecretsService:
                 op.reason += "; no change"
                 return
             secret.deleted_at = utcnow() if deleted else None
+            self._seal(op.session, secret)
 
     def _check_value(self, value: bytes) -> None:
         if not isinstance(value, bytes):
@@ -223,12 +227,18 @@ class SecretsService:
     def _binding(self, session: Session, path: str, version: int) -> Binding:
         return Binding(vault_id=self._core.vault_id(session), path=path, version=version)
 
-    @staticmethod
-    def _find(session: Session, path: str, *, lock: bool = False) -> Secret | None:
+    def _find(self, session: Session, path: str, *, lock: bool = False) -> Secret | None:
+        """The secret row, checked against its integrity MAC before anything relies on it."""
         query = select(Secret).where(Secret.path == path)
         if lock:
             query = query.with_for_update()
-        return session.execute(query).scalar_one_or_none()
+        secret = session.execute(query).scalar_one_or_none()
+        if secret is not None:
+            check_secret(self._core.keys, self._core.vault_id(session), secret)
+        return secret
+
+    def _seal(self, session: Session, secret: Secret) -> None:
+        seal_secret(self._core.keys, self._core.vault_id(session), secret)
 
     def _existing(self, session: Session, path: str, *, lock: bool = False,
                   include_deleted: bool = False) -> Secret:

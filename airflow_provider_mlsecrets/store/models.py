@@ -94,6 +94,7 @@ class Secret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     versions: Mapped[list[SecretVersion]] = relationship(
         back_populates="secret", order_by="SecretVersion.version"
     )
@@ -132,6 +133,7 @@ class Principal(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     grants: Mapped[list[Grant]] = relationship(back_populates="principal", order_by="Grant.id")
 
 

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.Column("deleted_at", UTCDateTime, nullable=True),
+        sa.Column("mac", sa.LargeBinary, nullable=True),
     )
     op.create_table(
         "mlsecrets_secret_versions",
@@ -77,6 +78,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("expires_at", UTCDateTime, nullable=True),
         sa.Column("revoked_at", UTCDateTime, nullable=True),
+        sa.Column("mac", sa.LargeBinary, nullable=True),
     )
     op.create_table(
         "mlsecrets_grants",

@@ -1,0 +1,68 @@
+"""HSM-keyed MACs over the rows that decide access and which version is served.
+
+Without them, write access to the database could give a pipeline the security engineer's
+role, delete an explicit deny, or point a secret back at an older version. Each principal
+row carries ``HMAC(K_integrity, canonical(vault_id, name, role, token_hash, expiry,
+revocation, digest of its grants))`` and each secret row ``HMAC(K_integrity,
+canonical(vault_id, path, latest, current, deleted))``, computed in the HSM whenever the
+vault changes them and checked whenever it relies on them. A changed, added or removed
+grant changes its principal's MAC. Replaying a whole older row is not detected here (no
+freshness without a counter); the audit trail records every legitimate change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow_provider_mlsecrets import canonical
+from airflow_provider_mlsecrets.audit.record import format_ts
+from airflow_provider_mlsecrets.errors import IntegrityError
+from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
+from airflow_provider_mlsecrets.store.models import Grant, Principal, Secret
+
+PRINCIPAL_TAG = "mlsecrets-principal-v1"
+SECRET_TAG = "mlsecrets-secret-v1"
+
+
+def _ts(moment: datetime | None) -> str:
+    return "" if moment is None else format_ts(moment)
+
+
+def _principal_bytes(session: Session, vault_id: str, p: Principal) -> bytes:
+    session.flush()
+    grants = session.execute(select(Grant.pattern, Grant.effect, Grant.capabilities).where(
+        Grant.principal_id == p.id)).all()
+    digest = hashlib.sha256(canonical.encode(
+        *sorted(canonical.encode(g.pattern, g.effect, g.capabilities) for g in grants))).digest()
+    return canonical.encode(PRINCIPAL_TAG, vault_id, p.name, p.role, p.token_hash,
+                            _ts(p.expires_at), _ts(p.revoked_at), digest)
+
+
+def _secret_bytes(vault_id: str, s: Secret) -> bytes:
+    current = "" if s.current_version is None else str(s.current_version)
+    return canonical.encode(SECRET_TAG, vault_id, s.path, s.latest_version, current,
+                            _ts(s.deleted_at))
+
+
+def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
+    p.mac = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
+
+
+def principal_intact(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> bool:
+    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
+    return hmac.compare_digest(expected, p.mac or b"")
+
+
+def seal_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:
+    s.mac = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
+
+
+def check_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:
+    expected = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
+    if not hmac.compare_digest(expected, s.mac or b""):
+        raise IntegrityError(f"the record of {s.path} was altered outside the vault")
