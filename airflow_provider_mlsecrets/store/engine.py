@@ -27,10 +27,15 @@ _LOCK = threading.Lock()
 
 def engine_for(url: str) -> Engine:
     """The engine for ``url`` in this process (a forked child gets its own)."""
-    key = (os.getpid(), url)
+    pid = os.getpid()
+    key = (pid, url)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
+            for inherited in [k for k in _ENGINES if k[0] != pid]:
+                # A parent's pooled connections belong to the parent: forget them without
+                # closing, or the child would hang up the parent's sockets.
+                _ENGINES.pop(inherited).dispose(close=False)
             engine = _ENGINES[key] = _create(url)
         return engine
 

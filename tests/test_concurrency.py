@@ -1,0 +1,61 @@
+"""Eight threads and four forked processes writing and reading through one vault and one
+SoftHSM2 token (``reset_on_fork = true``), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+from airflow_provider_mlsecrets.service import Caller, Vault
+from tests.conftest import Env
+
+ROUNDS = 12
+
+
+def _work(vault: Vault, admin: Caller, worker: str) -> list[str]:
+    """Write and read back a few versions; return every mismatch or error seen."""
+    problems = []
+    for i in range(ROUNDS):
+        value = f"{worker}-value-{i}".encode()
+        try:
+            info = vault.secrets.put(admin, f"conc/{worker}", value)
+            if vault.secrets.read(admin, f"conc/{worker}") != value:
+                problems.append(f"{worker}: wrong value at round {i}")
+            if vault.secrets.read(admin, f"conc/{worker}", info.version) != value:
+                problems.append(f"{worker}: wrong version value at round {i}")
+        except Exception as exc:
+            problems.append(f"{worker}: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def test_eight_threads_share_one_vault(env: Env) -> None:
+    problems: list[str] = []
+    threads = [threading.Thread(target=lambda n=n: problems.extend(
+        _work(env.vault, env.admin, f"t{n}"))) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert env.vault.audit.verify(env.admin, all_seals=True).records == 1 + 8 * ROUNDS * 3
+
+
+def _child(vault: Vault, admin: Caller, worker: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    queue.put(_work(vault, admin, worker))
+
+
+def test_four_forked_processes_after_the_parent_used_the_vault(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "conc/parent", b"parent")  # HSM session and engine open
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [context.Process(target=_child, args=(env.vault, env.admin, f"p{n}", queue))
+                for n in range(4)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=180) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert results == [[]] * 4
+    assert env.vault.secrets.read(env.admin, "conc/parent") == b"parent"
+    assert env.vault.audit.verify(env.admin).records == 2 + 4 * ROUNDS * 3 + 1
