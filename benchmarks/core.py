@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from airflow_provider_mlsecrets.audit import log as audit_log  # noqa: E402
-from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts  # noqa: E402
-from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope  # noqa: E402
-from airflow_provider_mlsecrets.keys import KekId, MacKey  # noqa: E402
-from airflow_provider_mlsecrets.keys.softhsm import provision  # noqa: E402
-from airflow_provider_mlsecrets.service import Caller, Vault  # noqa: E402
-from airflow_provider_mlsecrets.settings import Settings  # noqa: E402
+from airflow_provider_mlsecrets.audit import log as audit_log
+from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
+from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope
+from airflow_provider_mlsecrets.keys import KekId, MacKey
+from airflow_provider_mlsecrets.keys.softhsm import provision
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.settings import Settings
 
 
 def timings(fn: Callable[[], object], n: int) -> list[float]:

@@ -3,12 +3,14 @@ SQLite files and PostgreSQL schemas per test, and a freshly initialised vault.""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -124,3 +126,25 @@ def env(settings: Settings, database: Database) -> Env:
     assert result.admin_token is not None
     return Env(vault=vault, admin=Caller(result.admin_token, {"component": "test"}),
                settings=settings, database=database)
+
+
+def run_forked(work: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``work(*a)`` in one forked child per ``a``; return what each returned, in order.
+    A child that raises returns ``"<Type>: message"`` instead, so the test shows why."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child(index: int, child_args: tuple[Any, ...]) -> None:
+        try:
+            queue.put((index, work(*child_args)))
+        except BaseException as exc:
+            queue.put((index, f"{type(exc).__name__}: {exc}"))
+
+    children = [context.Process(target=child, args=(i, a)) for i, a in enumerate(args)]
+    for process in children:
+        process.start()
+    results = dict(queue.get(timeout=300) for _ in children)
+    for process in children:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return [results[i] for i in range(len(args))]

@@ -3,11 +3,10 @@ SoftHSM2 token (``reset_on_fork = true``), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 
 from airflow_provider_mlsecrets.service import Caller, Vault
-from tests.conftest import Env
+from tests.conftest import Env, run_forked
 
 ROUNDS = 12
 
@@ -40,22 +39,9 @@ def test_eight_threads_share_one_vault(env: Env) -> None:
     assert env.vault.audit.verify(env.admin, all_seals=True).records == 1 + 8 * ROUNDS * 3
 
 
-def _child(vault: Vault, admin: Caller, worker: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    queue.put(_work(vault, admin, worker))
-
-
 def test_four_forked_processes_after_the_parent_used_the_vault(env: Env) -> None:
     env.vault.secrets.put(env.admin, "conc/parent", b"parent")  # HSM session and engine open
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    children = [context.Process(target=_child, args=(env.vault, env.admin, f"p{n}", queue))
-                for n in range(4)]
-    for child in children:
-        child.start()
-    results = [queue.get(timeout=180) for _ in children]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
+    results = run_forked(_work, [(env.vault, env.admin, f"p{n}") for n in range(4)])
     assert results == [[]] * 4
     assert env.vault.secrets.read(env.admin, "conc/parent") == b"parent"
     assert env.vault.audit.verify(env.admin).records == 2 + 4 * ROUNDS * 3 + 1

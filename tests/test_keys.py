@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -13,7 +12,7 @@ from airflow_provider_mlsecrets.errors import HSMUnavailable, KeyMissing, KeyPro
 from airflow_provider_mlsecrets.keys import KekId, MacKey
 from airflow_provider_mlsecrets.keys.pkcs11 import PKCS11KeyProvider
 from airflow_provider_mlsecrets.keys.softhsm import DevToken
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_forked
 
 
 @pytest.fixture
@@ -116,15 +115,12 @@ def test_eight_threads_share_one_token_without_corruption(keys: PKCS11KeyProvide
     assert errors == []
 
 
-def _child(keys: PKCS11KeyProvider, kek: str, wrapped: bytes, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    try:
-        # The parent's session is invalid here (reset_on_fork): the provider must notice.
-        data_key = keys.unwrap(KekId(kek), wrapped, b"fork")
-        fresh = os.urandom(32)
-        ok = keys.unwrap(KekId(kek), keys.wrap(KekId(kek), fresh, b"c"), b"c") == fresh
-        queue.put((data_key.hex(), ok))
-    except BaseException as exc:
-        queue.put((f"{type(exc).__name__}: {exc}", False))
+def _use_token_in_child(keys: PKCS11KeyProvider, kek: str, wrapped: bytes) -> tuple[str, bool]:
+    # The parent's session is invalid here (reset_on_fork): the provider must notice.
+    data_key = keys.unwrap(KekId(kek), wrapped, b"fork")
+    fresh = os.urandom(32)
+    ok = keys.unwrap(KekId(kek), keys.wrap(KekId(kek), fresh, b"c"), b"c") == fresh
+    return data_key.hex(), ok
 
 
 def test_four_forked_children_use_the_token_after_the_parent_did(
@@ -132,16 +128,7 @@ def test_four_forked_children_use_the_token_after_the_parent_did(
     kek = f"{keys._prefix}-kek-1"
     data_key = os.urandom(32)
     wrapped = keys.wrap(KekId(kek), data_key, b"fork")  # parent is logged in before forking
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    children = [context.Process(target=_child, args=(keys, kek, wrapped, queue))
-                for _ in range(4)]
-    for child in children:
-        child.start()
-    results = [queue.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
+    results = run_forked(_use_token_in_child, [(keys, kek, wrapped)] * 4)
     assert results == [(data_key.hex(), True)] * 4
     # and the parent still works after its children used the token
     assert keys.unwrap(KekId(kek), wrapped, b"fork") == data_key
