@@ -72,12 +72,16 @@ class Settings:
             raise ConfigurationError("MLSECRETS_MAX_VERSIONS must be between 1 and 10000")
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build the settings from the environment over ``$MLSECRETS_HOME/config.json``."""
+    def load(cls, environ: Mapping[str, str] | None = None,
+             overrides: Mapping[str, str | None] | None = None) -> Settings:
+        """Build the settings from ``overrides`` (setting names, e.g. a secrets backend's
+        ``backend_kwargs``) over the environment over ``$MLSECRETS_HOME/config.json``."""
         env = os.environ if environ is None else environ
-        home = Path(env.get("MLSECRETS_HOME") or Path.home() / ".mlsecrets").expanduser()
+        given = {ENVIRONMENT[_setting_name(k)]: v for k, v in (overrides or {}).items() if v}
+        home = Path(given.get("MLSECRETS_HOME") or env.get("MLSECRETS_HOME")
+                    or Path.home() / ".mlsecrets").expanduser()
         # an empty variable counts as unset, so it cannot hide the config file's value
-        merged = {**_read_config_file(home), **{k: v for k, v in env.items() if v}}
+        merged = {**_read_config_file(home), **{k: v for k, v in env.items() if v}, **given}
         raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
         kwargs: dict[str, object] = {"home": home}
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"
@@ -129,6 +133,13 @@ class Settings:
                 continue
             out[ENVIRONMENT[f.name]] = str(value)
         return out
+
+
+def _setting_name(name: str) -> str:
+    if name not in ENVIRONMENT:
+        raise ConfigurationError(
+            f"unknown setting {name!r}; settings are {', '.join(sorted(ENVIRONMENT))}")
+    return name
 
 
 def _read_config_file(home: Path) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Airflow secrets backend: connections, variables and config from the vault."""

@@ -1,0 +1,172 @@
+"""``MLSecretsBackend``: Airflow's connections, variables and config from the vault.
+
+Configure it as ``[secrets] backend`` (API server, scheduler, DAG processor) and/or
+``[workers] secrets_backend`` (inside each task), with ``backend_kwargs`` such as
+``{"token_file": "/run/secrets/mlsecrets-pipeline.token", "connections_lookup_pattern": "^ml_"}``
+(see docs/airflow.md). Every lookup is an ``inject`` by the configured pipeline principal,
+audited with the task's identity.
+
+The search chain contract: ``None`` means "not here, ask the next backend"; any refusal
+(a policy deny, an integrity failure, an unreachable HSM or database) raises
+:class:`AirflowSecretsBackendAccessDenied`, which stops the chain so a lower backend can
+never serve a secret of the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+from airflow.secrets.base_secrets import BaseSecretsBackend
+
+from airflow_provider_mlsecrets.errors import InvalidInput, MLSecretsError, NotFound
+from airflow_provider_mlsecrets.paths import parse_path
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.service import Vault
+
+log = logging.getLogger(__name__)
+_SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
+             "softhsm2_conf", "key_prefix", "token_file")
+
+class MLSecretsBackend(BaseSecretsBackend):
+    """Connections, variables and config from the mlsecrets vault.
+
+    :param connections_prefix: vault folder of connections (``None`` turns them off)
+    :param variables_prefix: vault folder of variables (``None`` turns them off)
+    :param config_prefix: vault folder of config values (``None`` turns them off)
+    :param connections_lookup_pattern: only ids matching this regex are looked up
+    :param variables_lookup_pattern: only keys matching this regex are looked up
+    :param config_lookup_pattern: only keys matching this regex are looked up
+    :param token_file: the pipeline principal's token (else ``MLSECRETS_TOKEN_FILE`` or
+        ``MLSECRETS_TOKEN``); any other vault setting by its name (``home``, ``db_url``,
+        ``pkcs11_module``, ``pkcs11_token``, ``pkcs11_pin_file``, ``softhsm2_conf``,
+        ``key_prefix``), else the ``MLSECRETS_*`` environment.
+    """
+
+    def __init__(self, connections_prefix: str | None = "connections",
+                 variables_prefix: str | None = "variables", config_prefix: str | None = "config",
+                 connections_lookup_pattern: str | None = None,
+                 variables_lookup_pattern: str | None = None,
+                 config_lookup_pattern: str | None = None, **settings: str) -> None:
+        super().__init__()
+        unknown = set(settings) - set(_SETTINGS)
+        if unknown:
+            raise ValueError(f"MLSecretsBackend got unknown backend_kwargs {sorted(unknown)}; "
+                             f"it takes the prefixes, the lookup patterns and {_SETTINGS}")
+        self.kinds = {
+            "connection": _Kind(connections_prefix, connections_lookup_pattern),
+            "variable": _Kind(variables_prefix, variables_lookup_pattern),
+            "config": _Kind(config_prefix, config_lookup_pattern),
+        }
+        self._settings = dict(settings)
+        self._vault: Vault | None = None
+        self._pid: int | None = None
+
+    # -- BaseSecretsBackend ----------------------------------------------------------
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        value = self._lookup("connection", conn_id)
+        if value is not None:
+            self._mask_connection(conn_id, value)
+        return value
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return self._lookup("variable", key)
+
+    def get_config(self, key: str) -> str | None:
+        return self._lookup("config", key)
+
+    async def aget_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        from asgiref.sync import sync_to_async
+
+        value: str | None = await sync_to_async(self.get_conn_value, thread_sensitive=True)(
+            conn_id, team_name)
+        return value
+
+    async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        value = await self.aget_conn_value(conn_id, team_name)
+        return None if value is None else self.deserialize_connection(conn_id, value)
+
+    async def aget_variable(self, key: str, team_name: str | None = None) -> str | None:
+        from asgiref.sync import sync_to_async
+
+        value: str | None = await sync_to_async(self.get_variable, thread_sensitive=True)(
+            key, team_name)
+        return value
+
+    # -- the lookup ------------------------------------------------------------------
+    def path_for(self, kind: str, identifier: str) -> str | None:
+        """The vault path of ``identifier``, or ``None`` if this backend does not serve it."""
+        spec = self.kinds[kind]
+        if spec.prefix is None:
+            return None
+        if spec.pattern is not None and not spec.pattern.match(identifier):
+            return None
+        try:
+            return parse_path(self.build_path(spec.prefix, identifier))
+        except InvalidInput:
+            return None  # an id the vault grammar cannot hold is not ours to serve
+
+    def _lookup(self, kind: str, identifier: str) -> str | None:
+        path = self.path_for(kind, identifier)
+        if path is None:
+            return None
+        from airflow_provider_mlsecrets.airflow_context import caller_context
+        from airflow_provider_mlsecrets.service import Caller
+
+        try:
+            vault = self._get_vault()
+            caller = Caller(vault.settings.read_caller_token(), caller_context())
+            raw = vault.secrets.inject(caller, path)
+        except NotFound:
+            return None
+        except MLSecretsError as exc:
+            log.error("mlsecrets refused the %s %r (%s): %s", kind, identifier,
+                      type(exc).__name__, exc)
+            raise AirflowSecretsBackendAccessDenied(
+                f"mlsecrets refused the {kind} {identifier!r}: {exc}") from None
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AirflowSecretsBackendAccessDenied(
+                f"the {kind} {identifier!r} in mlsecrets is not UTF-8 text") from None
+        _mask(value)
+        return value
+
+    def _get_vault(self) -> Vault:
+        if self._vault is None or self._pid != os.getpid():
+            from airflow_provider_mlsecrets.service import Vault
+            from airflow_provider_mlsecrets.settings import Settings
+
+            self._vault = Vault(Settings.load(overrides=self._settings))
+            self._pid = os.getpid()
+        return self._vault
+
+    def _mask_connection(self, conn_id: str, value: str) -> None:
+        """Mask the password and the URI form too, not only the stored text."""
+        try:
+            conn = self.deserialize_connection(conn_id, value)
+        except Exception:  # malformed: the raw text is masked already; Airflow will complain
+            return
+        for part in (conn.password, conn.get_uri()):
+            if part:
+                _mask(part)
+
+
+class _Kind:
+    def __init__(self, prefix: str | None, pattern: str | None) -> None:
+        self.prefix = prefix.strip("/") if prefix is not None else None
+        try:
+            self.pattern = re.compile(pattern) if pattern is not None else None
+        except re.error as exc:
+            raise ValueError(f"invalid lookup pattern {pattern!r}: {exc}") from None
+
+
+def _mask(value: str) -> None:
+    """Register with Airflow's masker whatever its key: in a task, the supervisor too."""
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(value)
