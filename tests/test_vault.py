@@ -344,3 +344,17 @@ def test_a_secret_pointed_back_at_an_old_version_is_refused(env: Env) -> None:
         session.execute(text("UPDATE mlsecrets_secrets SET current_version = 1"))
     with pytest.raises(IntegrityError, match="ml/key was altered"):
         env.vault.secrets.read(env.admin, "ml/key")
+
+
+def test_inject_of_a_missing_path_is_not_found_even_without_a_grant(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "other/exists", b"v")
+    etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    with pytest.raises(NotFound):
+        env.vault.secrets.inject(etl, "other/missing")
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.inject(etl, "other/exists")
+    with pytest.raises(AccessDenied):  # read never reveals whether a path exists
+        env.vault.secrets.read(etl, "other/missing")
+    assert records(env)[-3:] == [("etl", "secret.inject", "other/missing", "not_found"),
+                                 ("etl", "secret.inject", "other/exists", "denied"),
+                                 ("etl", "secret.read", "other/missing", "denied")]

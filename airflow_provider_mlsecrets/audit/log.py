@@ -32,7 +32,9 @@ def append(session: Session, keys: KeyProvider, entry: Entry, chain: int = DEFAU
         select(AuditHead).where(AuditHead.chain == chain).with_for_update()
     ).scalar_one_or_none()
     if head is None:
-        raise AuditError("the audit chain has no head; run 'mlsecrets init' first")
+        raise AuditError(
+            f"audit chain {chain} has no head: on a new vault run 'mlsecrets init'; on an "
+            "existing one the trail was tampered with: restore the database from backup")
     seq = head.seq + 1
     digest = next_hash(head.hash, chain, seq, entry)
     seal = keys.mac(MacKey.AUDIT, digest)

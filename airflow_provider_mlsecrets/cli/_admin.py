@@ -53,10 +53,8 @@ def _init(args: argparse.Namespace, ctx: Context) -> None:
         ctx.output.warn(f"provisioned a SoftHSM2 token '{settings.pkcs11_token}' under "
                         f"{settings.home}; settings recorded in {config_path}")
         ctx.reset()
-    result = ctx.vault.initialise(args.admin)
     token_out = args.token_out or ctx.settings.home / "admin.token"
-    if result.admin_token is not None:
-        write_private(token_out, result.admin_token + "\n")
+    result = ctx.vault.initialise(args.admin, lambda token: write_private(token_out, token + "\n"))
     if not result.changed:
         ctx.output.message(f"vault {result.vault_id} is already initialised; nothing changed",
                            {"vault_id": result.vault_id, "changed": False, "created": []})

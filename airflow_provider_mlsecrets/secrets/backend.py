@@ -166,7 +166,14 @@ class _Kind:
 
 
 def _mask(value: str) -> None:
-    """Register with Airflow's masker whatever its key: in a task, the supervisor too."""
+    """Register with Airflow's maskers whatever its key: the Task SDK's (in a task, it tells
+    the supervisor too) and, where it is loaded, the core one that in-process runs such as
+    ``airflow dags test`` log through."""
     from airflow.sdk.log import mask_secret
 
     mask_secret(value)
+    try:
+        from airflow._shared.secrets_masker import mask_secret as core_mask_secret
+    except ImportError:  # a worker with only the Task SDK
+        return
+    core_mask_secret(value)

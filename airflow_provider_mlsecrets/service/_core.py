@@ -13,7 +13,7 @@ import hmac
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -163,10 +163,14 @@ class Core:
     # -- the operation discipline ----------------------------------------------------
     @contextmanager
     def operation(self, caller: Caller, action: str, capability: Capability | None,
-                  path: str | None = None, version: int | None = None) -> Iterator[Op]:
+                  path: str | None = None, version: int | None = None, *,
+                  absent: Callable[[Session], bool] | None = None) -> Iterator[Op]:
         """Authenticate, authorise, run the body and audit it; see the module docstring.
 
-        ``capability=None`` admits any authenticated principal (``status``)."""
+        ``capability=None`` admits any authenticated principal (``status``). When an
+        authenticated principal is denied and ``absent(session)`` says there is nothing at
+        ``path``, the answer is "not found" instead (for lookups that must let a search go
+        on to the next source)."""
         base = _Base(action=action, path=path or "", request_id=str(uuid.uuid4()),
                      context=canonical_context(caller.context))
         session = Session(self.engine, expire_on_commit=False)
@@ -175,6 +179,15 @@ class Core:
                 session.begin()
                 self.vault_id(session)
                 actor, decision = self._authorise(session, caller, capability, path)
+            if (actor is not None and not decision.allowed and absent is not None
+                    and not decision.reason.startswith(TAMPERED)):
+                with self.database_errors():
+                    missing = absent(session)
+                if missing:
+                    session.rollback()
+                    self._record_alone(base, actor.name, actor.role.value, Outcome.NOT_FOUND,
+                                       f"nothing at {path} ({decision.reason})", version)
+                    raise NotFound(f"no secret at {path}")
             if actor is None or not decision.allowed:
                 session.rollback()
                 self._record_alone(base, actor.name if actor else NOBODY,

@@ -4,8 +4,8 @@ Without them, write access to the database could give a pipeline the security en
 role, delete an explicit deny, or point a secret back at an older version. Each principal
 row carries ``HMAC(K_integrity, canonical(vault_id, name, role, token_hash, expiry,
 revocation, digest of its grants))`` and each secret row ``HMAC(K_integrity,
-canonical(vault_id, path, latest, current, deleted))``, computed in the HSM whenever the
-vault changes them and checked whenever it relies on them. A changed, added or removed
+canonical(vault_id, path, latest, current, deleted, versions kept))``, computed in the HSM
+whenever the vault changes them and checked whenever it relies on them. A changed, added or removed
 grant changes its principal's MAC. Replaying a whole older row is not detected here (no
 freshness without a counter); the audit trail records every legitimate change.
 """
@@ -45,8 +45,9 @@ def _principal_bytes(session: Session, vault_id: str, p: Principal) -> bytes:
 
 def _secret_bytes(vault_id: str, s: Secret) -> bytes:
     current = "" if s.current_version is None else str(s.current_version)
+    kept = "" if s.max_versions is None else str(s.max_versions)
     return canonical.encode(SECRET_TAG, vault_id, s.path, s.latest_version, current,
-                            _ts(s.deleted_at))
+                            _ts(s.deleted_at), kept)
 
 
 def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
@@ -56,6 +57,11 @@ def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Princi
 def principal_intact(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> bool:
     expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
     return hmac.compare_digest(expected, p.mac or b"")
+
+
+def check_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
+    if not principal_intact(keys, session, vault_id, p):
+        raise IntegrityError(f"the record of principal {p.name} was altered outside the vault")
 
 
 def seal_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:

@@ -20,7 +20,11 @@ from airflow_provider_mlsecrets.policy.roles import (
 )
 from airflow_provider_mlsecrets.policy.tokens import new_token, token_hash
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
-from airflow_provider_mlsecrets.service._integrity import seal_principal
+from airflow_provider_mlsecrets.service._integrity import (
+    check_principal,
+    principal_intact,
+    seal_principal,
+)
 from airflow_provider_mlsecrets.store.models import Grant, Principal
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:\-]{0,127}")
@@ -69,12 +73,14 @@ def _principal_info(p: Principal) -> PrincipalInfo:
                          revoked_at=p.revoked_at)
 
 
-def active_engineers(session: Session) -> int:
-    """Security engineers whose token is neither revoked nor expired."""
-    now = utcnow()
+def active_engineers(core: Core, session: Session) -> int:
+    """Security engineers whose token is neither revoked nor expired, and whose record is
+    intact (a row forged into the database does not count)."""
+    now, vault_id = utcnow(), core.vault_id(session)
     return len([p for p in session.scalars(select(Principal).where(
         Principal.role == Role.SECURITY_ENGINEER.value, Principal.revoked_at.is_(None)))
-        if p.expires_at is None or p.expires_at > now])
+        if (p.expires_at is None or p.expires_at > now)
+        and principal_intact(core.keys, session, vault_id, p)])
 
 
 def add_principal(core: Core, session: Session, name: str, role: Role, created_by: str,
@@ -112,8 +118,10 @@ class AccessService:
 
     def list_principals(self, caller: Caller) -> list[PrincipalInfo]:
         with self._core.operation(caller, "principal.list", Capability.GRANT) as op:
-            return [_principal_info(p) for p in
-                    op.session.scalars(select(Principal).order_by(Principal.name))]
+            principals = op.session.scalars(select(Principal).order_by(Principal.name)).all()
+            for p in principals:
+                self._check(op.session, p)
+            return [_principal_info(p) for p in principals]
 
     def revoke_principal(self, caller: Caller, name: str) -> None:
         name = parse_name(name)
@@ -123,7 +131,7 @@ class AccessService:
                 op.reason += f"; {name} was already revoked"
                 return
             if principal.role == Role.SECURITY_ENGINEER.value and active_engineers(
-                    op.session) <= 1:
+                    self._core, op.session) <= 1:
                 raise InvalidInput(
                     f"{name} is the last active security engineer; create another one first, "
                     "or nobody could manage the vault")
@@ -188,6 +196,7 @@ class AccessService:
                 raise NotFound(f"no principal named {name!r}")
             out = []
             for p in principals:
+                self._check(op.session, p)
                 implicit = Role(p.role).spec.implicit
                 if implicit:
                     out.append(GrantInfo(principal=p.name, role=p.role, pattern="**",
@@ -199,10 +208,14 @@ class AccessService:
                            for g in p.grants)
             return out
 
-    @staticmethod
-    def _principal(session: Session, name: str) -> Principal:
+    def _principal(self, session: Session, name: str) -> Principal:
+        """The principal, checked: a tampered row is never used, nor re-sealed as valid."""
         principal = session.execute(
             select(Principal).where(Principal.name == name)).scalar_one_or_none()
         if principal is None:
             raise NotFound(f"no principal named {name!r}")
+        self._check(session, principal)
         return principal
+
+    def _check(self, session: Session, principal: Principal) -> None:
+        check_principal(self._core.keys, session, self._core.vault_id(session), principal)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -157,8 +158,14 @@ class SecretsService:
         return self._open(caller, path, version, Capability.READ, "secret.read")
 
     def inject(self, caller: Caller, path: str, version: int | None = None) -> bytes:
-        """Plaintext into a task, connection or environment (``inject``)."""
-        return self._open(caller, path, version, Capability.INJECT, "secret.inject")
+        """Plaintext into a task, connection or environment (``inject``).
+
+        A path where nothing is stored is "not found" even without a grant, so Airflow's
+        backend chain can go on to the next source; a secret that exists but is not granted
+        is denied, so no other source can serve that name instead."""
+        return self._open(caller, path, version, Capability.INJECT, "secret.inject",
+                          absent=lambda session: session.execute(
+                              select(Secret.id).where(Secret.path == path)).first() is None)
 
     def list(self, caller: Caller, prefix: str = "", *,
              include_deleted: bool = False) -> builtins.list[SecretInfo]:
@@ -169,9 +176,12 @@ class SecretsService:
             query = select(Secret).order_by(Secret.path)
             if prefix:
                 query = query.where(Secret.path.startswith(prefix, autoescape=True))
-            out = [_secret_info(s) for s in op.session.scalars(query)
-                   if (include_deleted or s.deleted_at is None)
-                   and op.actor.may(Capability.LIST, s.path).allowed]
+            out = []
+            for s in op.session.scalars(query):
+                if (include_deleted or s.deleted_at is None) and op.actor.may(
+                        Capability.LIST, s.path).allowed:
+                    self._check(op.session, s)
+                    out.append(_secret_info(s))
             op.reason += f"; {len(out)} shown"
             return out
 
@@ -183,9 +193,10 @@ class SecretsService:
 
     # -- helpers ---------------------------------------------------------------------
     def _open(self, caller: Caller, path: str, version: int | None, capability: Capability,
-              action: str) -> bytes:
+              action: str, absent: Callable[[Session], bool] | None = None) -> bytes:
         path = parse_path(path)
-        with self._core.operation(caller, action, capability, path, version) as op:
+        with self._core.operation(caller, action, capability, path, version,
+                                  absent=absent) as op:
             secret = self._existing(op.session, path)
             if version is None:
                 if secret.current_version is None:
@@ -234,8 +245,11 @@ class SecretsService:
             query = query.with_for_update()
         secret = session.execute(query).scalar_one_or_none()
         if secret is not None:
-            check_secret(self._core.keys, self._core.vault_id(session), secret)
+            self._check(session, secret)
         return secret
+
+    def _check(self, session: Session, secret: Secret) -> None:
+        check_secret(self._core.keys, self._core.vault_id(session), secret)
 
     def _seal(self, session: Session, secret: Secret) -> None:
         seal_secret(self._core.keys, self._core.vault_id(session), secret)

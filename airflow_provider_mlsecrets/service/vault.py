@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -68,9 +69,13 @@ class Vault:
     def settings(self) -> Settings:
         return self.core.settings
 
-    def initialise(self, admin_name: str = "admin") -> InitResult:
+    def initialise(self, admin_name: str = "admin",
+                   deliver_token: Callable[[str], None] | None = None) -> InitResult:
         """Create what is missing (schema, vault id, keys, audit chain, first security
-        engineer) and nothing else; running it again changes nothing and says so."""
+        engineer) and nothing else; running it again changes nothing and says so.
+
+        ``deliver_token`` receives a new security engineer's token before the transaction
+        commits: if it cannot be stored, the engineer is not created either."""
         core, created = self.core, []
         admin_name = parse_name(admin_name)
         core.keys.check()
@@ -86,7 +91,9 @@ class Vault:
                 session.add(vault_row)
                 session.flush()
                 created.append(f"vault {vault_row.vault_id}")
-            audit_log.start_chain(session, vault_row.vault_id)
+                # The chain starts with the vault and only then: a head missing from an
+                # existing vault means tampering, which init must not paper over.
+                audit_log.start_chain(session, vault_row.vault_id)
             if session.execute(select(models.Kek.version)).first() is None:
                 label = kek_label(self.settings.key_prefix, 1)
                 try:
@@ -98,10 +105,12 @@ class Vault:
                                        created_at=utcnow()))
             # No active security engineer (first run, or all revoked or expired): this is the
             # audited break-glass path of whoever holds the HSM PIN and the database.
-            if active_engineers(session) == 0:
+            if active_engineers(core, session) == 0:
                 admin_token = add_principal(core, session, admin_name, Role.SECURITY_ENGINEER,
                                             created_by=f"os:{getpass.getuser()}")
                 created.append(f"principal {admin_name} (security_engineer)")
+                if deliver_token is not None:
+                    deliver_token(admin_token)
             if created:
                 audit_log.append(session, core.keys, Entry(
                     ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",

@@ -1,0 +1,274 @@
+"""The secrets backend through Airflow's own lookup paths: its CLI, ``airflow dags test`` and
+``dag.test()``, as ``[secrets] backend`` and as ``[workers] secrets_backend``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from airflow_provider_mlsecrets.keys.softhsm import provision
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.settings import Settings
+from airflow_provider_mlsecrets.store.engine import engine_for
+
+BACKEND = "airflow_provider_mlsecrets.secrets.backend.MLSecretsBackend"
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "pw-canary-5d1e7a"
+ENDPOINT = "https://registry.internal/canary-8c2f"
+HARMLESS = "registry-canary-3b9a"
+
+
+@dataclass
+class AirflowEnv:
+    home: Path
+    vault: Vault
+    admin: Caller
+    pipeline_token: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, workers: bool = False,
+            **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **extra}
+        kwargs = json.dumps({"token_file": str(self.pipeline_token)})
+        if workers:
+            env.update(AIRFLOW__WORKERS__SECRETS_BACKEND=BACKEND,
+                       AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS=kwargs)
+        else:
+            env.update(AIRFLOW__SECRETS__BACKEND=BACKEND, AIRFLOW__SECRETS__BACKEND_KWARGS=kwargs)
+        return subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True,
+                              text=True, env=env, timeout=300, check=False)
+
+    def audit(self, n: int = 10) -> list[tuple[str, str, str, dict[str, object]]]:
+        return [(r.principal, r.path, r.outcome, r.context)
+                for r in self.vault.audit.tail(self.admin, n) if r.action == "secret.inject"]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
+    base = tmp_path_factory.mktemp("airflow")
+    vault_home = base / "vault"
+    dev = provision(vault_home, "mlsecrets")
+    settings = Settings(home=vault_home, db_url=f"sqlite:///{vault_home / 'vault.db'}",
+                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
+                        softhsm2_conf=dev.conf)
+    (vault_home / "config.json").write_text(json.dumps(settings.as_config()))
+    vault = Vault(settings)
+    admin = Caller(vault.initialise().admin_token)
+    conn = {"conn_type": "postgres", "host": "db.internal", "login": "ml", "password": PASSWORD,
+            "port": 5432, "schema": "features", "extra": {"sslmode": "require"}}
+    vault.secrets.put(admin, "connections/mlsecrets_example_db", json.dumps(conn).encode())
+    vault.secrets.put(admin, "connections/uri_db",
+                      f"mysql://app:{PASSWORD}@mysql.internal:3306/app".encode())
+    vault.secrets.put(admin, "variables/mlsecrets_example_endpoint", ENDPOINT.encode())
+    vault.secrets.put(admin, "variables/model_registry_url", HARMLESS.encode())
+    vault.secrets.put(admin, "connections/not_granted", b"postgres://u:vault-pw@h/db")
+    vault.secrets.put(admin, "config/fernet_key", b"fernet-canary-value-7")
+    token = vault.access.create_principal(admin, "airflow-pipeline", "pipeline")
+    for pattern in ("connections/mlsecrets_*", "connections/uri_db", "variables/**",
+                    "config/**"):
+        vault.access.grant(admin, "airflow-pipeline", pattern, ["inject"])
+    token_file = base / "pipeline.token"
+    token_file.write_text(token)
+    home = base / "airflow"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "MLSECRETS_"))}
+    env.update(AIRFLOW_HOME=str(home), MLSECRETS_HOME=str(vault_home),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "example_dags"),
+               AIRFLOW__API_AUTH__JWT_SECRET="test-only-" + "0123456789abcdef" * 4)
+    air = AirflowEnv(home=home, vault=vault, admin=admin, pipeline_token=token_file, env=env)
+    migrated = air.run("db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    yield air
+
+
+def test_connections_and_variables_through_the_airflow_cli(airflow_env: AirflowEnv) -> None:
+    got = airflow_env.run("connections", "get", "mlsecrets_example_db", "-o", "json")
+    assert got.returncode == 0, got.stderr[-3000:]
+    [conn] = json.loads(got.stdout)
+    assert (conn["host"], conn["login"], conn["password"], conn["port"]) == (
+        "db.internal", "ml", PASSWORD, "5432")
+    assert conn["extra_dejson"] == {"sslmode": "require"}
+    uri = json.loads(airflow_env.run("connections", "get", "uri_db", "-o", "json").stdout)[0]
+    assert (uri["conn_type"], uri["host"], uri["password"]) == ("mysql", "mysql.internal",
+                                                                 PASSWORD)
+    variable = airflow_env.run("variables", "get", "mlsecrets_example_endpoint")
+    assert variable.returncode == 0 and variable.stdout.strip() == ENDPOINT
+    records = airflow_env.audit()
+    assert [(p, path, o) for p, path, o, _ in records[-3:]] == [
+        ("airflow-pipeline", "connections/mlsecrets_example_db", "allowed"),
+        ("airflow-pipeline", "connections/uri_db", "allowed"),
+        ("airflow-pipeline", "variables/mlsecrets_example_endpoint", "allowed")]
+    assert records[-1][3]["component"] == "airflow variables"
+
+
+def test_a_sensitive_config_option_given_as_secret(airflow_env: AirflowEnv) -> None:
+    got = airflow_env.run("config", "get-value", "core", "fernet_key",
+                          AIRFLOW__CORE__FERNET_KEY_SECRET="fernet_key")
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.strip() == "fernet-canary-value-7"
+
+
+def test_a_denied_id_is_not_served_from_the_environment_instead(airflow_env: AirflowEnv) -> None:
+    got = airflow_env.run("connections", "get", "not_granted", "-o", "json",
+                          AIRFLOW_CONN_NOT_GRANTED="postgres://u:env-canary@h/db")
+    assert got.returncode != 0
+    assert "env-canary" not in got.stdout and "vault-pw" not in got.stdout
+    assert "AirflowSecretsBackendAccessDenied" in got.stderr
+    assert airflow_env.audit()[-1][1:3] == ("connections/not_granted", "denied")
+
+
+def test_a_missing_id_falls_through_to_the_next_backend(airflow_env: AirflowEnv) -> None:
+    got = airflow_env.run("connections", "get", "only_in_env", "-o", "json",
+                          AIRFLOW_CONN_ONLY_IN_ENV="postgres://u:p@envhost/db")
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert json.loads(got.stdout)[0]["host"] == "envhost"
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["secrets-backend", "workers-backend"])
+def test_airflow_dags_test_reads_from_the_vault_and_logs_no_value(
+        airflow_env: AirflowEnv, workers: bool) -> None:
+    got = airflow_env.run("dags", "test", "mlsecrets_example_connections", workers=workers)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert "password of 16 characters" in got.stdout + got.stderr
+    output = got.stdout + got.stderr
+    logs = "".join(p.read_text(errors="replace") for p in (airflow_env.home / "logs").rglob("*")
+                   if p.is_file())
+    for value in (PASSWORD, ENDPOINT):
+        assert value not in output and value not in logs
+    [*_, (principal, path, outcome, context)] = airflow_env.audit()
+    assert (principal, path, outcome) == ("airflow-pipeline",
+                                          "variables/mlsecrets_example_endpoint", "allowed")
+    assert (context["dag_id"], context["task_id"], context["try_number"], context["map_index"]) == (
+        "mlsecrets_example_connections", "use_credentials", 1, -1)
+    assert str(context["run_id"]).startswith("manual__")
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env: AirflowEnv) -> Iterator[str]:
+    """A real Airflow API server, so tasks run in a supervised worker process, as in
+    production, with the Execution API and the task log files."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**airflow_env.env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/"}
+    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host",
+                               "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, "the API server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("the Airflow API server did not come up in 120 s")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_values_are_masked_in_the_task_log_whatever_their_key(
+        airflow_env: AirflowEnv, api_server: str) -> None:
+    got = airflow_env.run("dags", "test", "mlsecrets_leak_probe", "--use-executor", workers=True,
+                          AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "tests" / "dags"),
+                          AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+                          AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{api_server}/execution/")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    [task_log] = (airflow_env.home / "logs" / "dag_id=mlsecrets_leak_probe").rglob("*.log")
+    events = [json.loads(line).get("event", "") for line in task_log.read_text().splitlines()]
+    assert "variable says ***" in events and "password says ***" in events
+    assert HARMLESS not in task_log.read_text() and PASSWORD not in task_log.read_text()
+    [*_, (principal, _path, outcome, context)] = airflow_env.audit()
+    assert (principal, outcome, context["dag_id"], context["task_id"]) == (
+        "airflow-pipeline", "allowed", "mlsecrets_leak_probe", "leak")
+
+
+def test_dag_test_in_process(airflow_env: AirflowEnv, tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('m', "
+        f"{str(ROOT / 'example_dags' / 'mlsecrets_connections.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "from airflow.utils.state import DagRunState\n"
+        "run = m.mlsecrets_example_connections().test()\n"
+        "sys.exit(0 if run.state == DagRunState.SUCCESS else 1)\n")
+    env = {**airflow_env.env, "AIRFLOW__WORKERS__SECRETS_BACKEND": BACKEND,
+           "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps(
+               {"token_file": str(airflow_env.pipeline_token)})}
+    got = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         timeout=300, check=False)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert PASSWORD not in got.stdout + got.stderr
+
+
+def test_ids_outside_the_lookup_pattern_touch_nothing(airflow_env: AirflowEnv) -> None:
+    from airflow_provider_mlsecrets.secrets.backend import MLSecretsBackend
+
+    backend = MLSecretsBackend(connections_lookup_pattern="^mlsecrets_",
+                               variables_lookup_pattern="^model_", config_prefix=None,
+                               token_file=str(airflow_env.pipeline_token),
+                               home=str(airflow_env.vault.settings.home))
+    assert backend.get_conn_value("uri_db") is None
+    assert backend.get_variable("mlsecrets_example_endpoint") is None
+    assert backend.get_config("fernet_key") is None
+    assert backend._vault is None  # no vault, so no query and no HSM call was possible
+    statements: list[str] = []
+    engine = engine_for(airflow_env.vault.settings.db_url)
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert backend.get_variable("model_registry_url") == HARMLESS
+        counted = len(statements)
+        assert counted > 0
+        assert backend.get_conn_value("other_db") is None
+        assert backend.get_variable("not_a_model") is None
+        assert len(statements) == counted
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_native_async_lookups(airflow_env: AirflowEnv) -> None:
+    from airflow_provider_mlsecrets.secrets.backend import MLSecretsBackend
+
+    backend = MLSecretsBackend(token_file=str(airflow_env.pipeline_token),
+                               home=str(airflow_env.vault.settings.home))
+
+    async def lookups() -> tuple[str | None, str | None, object]:
+        return (await backend.aget_conn_value("uri_db"),
+                await backend.aget_variable("model_registry_url"),
+                await backend.aget_connection("missing_conn"))
+
+    conn, variable, missing = asyncio.run(lookups())
+    assert conn is not None and PASSWORD in conn
+    assert variable == HARMLESS and missing is None
+
+
+def test_bad_configuration_fails_at_construction() -> None:
+    from airflow_provider_mlsecrets.secrets.backend import MLSecretsBackend
+
+    with pytest.raises(ValueError, match="unknown backend_kwargs"):
+        MLSecretsBackend(pin="1234")
+    with pytest.raises(ValueError, match="invalid lookup pattern"):
+        MLSecretsBackend(connections_lookup_pattern="(")
