@@ -18,4 +18,36 @@ def get_provider_info() -> dict[str, Any]:
         "description": "HSM-backed envelope-encrypted secrets with deny-by-default access and "
                        "a tamper-evident audit trail, for ML pipelines.",
         "versions": [__version__],
+        "integrations": [{
+            "integration-name": "ML Secrets",
+            "external-doc-url": "https://pypi.org/project/airflow-provider-mlsecrets/",
+            "tags": ["security"],
+        }],
+        "hooks": [{"integration-name": "ML Secrets",
+                   "python-modules": ["airflow_provider_mlsecrets.hooks.vault"]}],
+        "connection-types": [{
+            "hook-class-name": "airflow_provider_mlsecrets.hooks.vault.MLSecretsHook",
+            "hook-name": "ML Secrets vault",
+            "connection-type": "mlsecrets",
+            "conn-fields": {
+                "pkcs11_module": {"label": "PKCS#11 module",
+                                  "schema": {"type": ["string", "null"]},
+                                  "description": "path of the HSM's PKCS#11 library"},
+                "token_label": {"label": "HSM token label",
+                                "schema": {"type": ["string", "null"], "default": "mlsecrets"}},
+                "pin_file": {"label": "HSM PIN file",
+                             "schema": {"type": ["string", "null"]},
+                             "description": "a file holding the PIN; the PIN itself never "
+                                            "goes in a connection"},
+                "token_file": {"label": "Principal token file",
+                               "schema": {"type": ["string", "null"]}},
+            },
+            "ui-field-behaviour": {
+                "hidden-fields": ["schema", "login", "password", "port"],
+                "relabeling": {"host": "Database URL (SQLAlchemy)"},
+                "placeholders": {"host": "postgresql+psycopg://mlsecrets@db/mlsecrets"},
+            },
+        }],
+        "secrets-backends": ["airflow_provider_mlsecrets.secrets.backend.MLSecretsBackend"],
+        "cli": ["airflow_provider_mlsecrets.airflow_cli.get_cli_commands"],
     }

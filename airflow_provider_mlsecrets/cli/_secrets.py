@@ -29,6 +29,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     source.add_argument("--stdin", action="store_true", help="read the value from standard input")
     source.add_argument("--generate", type=int, metavar="N",
                         help="generate a random value of N letters and digits")
+    source.add_argument("--connection-uri", metavar="FILE|-",
+                        help="an Airflow connection URI from FILE or stdin, validated first")
+    source.add_argument("--connection-json", metavar="FILE|-",
+                        help="an Airflow connection as JSON from FILE or stdin, validated first")
     put.add_argument("--cas", type=int, metavar="N",
                      help="write only if the newest version is N (0: only if new)")
     put.add_argument("--description")
@@ -82,7 +86,14 @@ def read_value(args: argparse.Namespace, limit: int) -> bytes:
 
 
 def _put(args: argparse.Namespace, ctx: Context) -> None:
-    value = read_value(args, ctx.settings.max_value_bytes)
+    limit = ctx.settings.max_value_bytes
+    if args.connection_uri or args.connection_json:
+        from airflow_provider_mlsecrets.cli._airflow import connection_value
+
+        value = connection_value(args.path, args.connection_uri or args.connection_json,
+                                 as_json=bool(args.connection_json), limit=limit)
+    else:
+        value = read_value(args, limit)
     info = ctx.vault.secrets.put(ctx.caller, args.path, value, cas=args.cas,
                                  description=args.description, owner=args.owner)
     del value

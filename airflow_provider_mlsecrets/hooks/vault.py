@@ -1,0 +1,109 @@
+"""``MLSecretsHook``: the vault from task code, configured by an Airflow connection.
+
+The connection (type ``mlsecrets``, default id ``mlsecrets_default``) says where the vault is:
+its database URL, PKCS#11 module and token label; the vault home for a dev vault. The HSM PIN
+and the principal token are never fields of the connection (the metastore is not where they
+belong): they come from files or the environment (``MLSECRETS_PKCS11_PIN_FILE``,
+``MLSECRETS_TOKEN_FILE``), or from the ``pin_file`` / ``token_file`` extras naming such files.
+Every call is audited with the task's identity; values handed to a task are registered with
+Airflow's masker.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from airflow.sdk.bases.hook import BaseHook
+
+from airflow_provider_mlsecrets.airflow_context import caller_context
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
+from airflow_provider_mlsecrets.settings import Settings
+
+# connection extras -> vault settings
+_EXTRAS = {"db_url": "db_url", "pkcs11_module": "pkcs11_module", "token_label": "pkcs11_token",
+           "home": "home", "pin_file": "pkcs11_pin_file", "token_file": "token_file",
+           "softhsm2_conf": "softhsm2_conf", "key_prefix": "key_prefix"}
+
+
+class MLSecretsHook(BaseHook):
+    """Read, inject, write and list vault secrets from a task.
+
+    :param mlsecrets_conn_id: the ``mlsecrets`` connection; if it does not exist the
+        ``MLSECRETS_*`` environment alone configures the vault.
+    """
+
+    conn_name_attr = "mlsecrets_conn_id"
+    default_conn_name = "mlsecrets_default"
+    conn_type = "mlsecrets"
+    hook_name = "ML Secrets vault"
+
+    def __init__(self, mlsecrets_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlsecrets_conn_id = mlsecrets_conn_id
+        self._vault: Vault | None = None
+
+    # -- what the vault offers -------------------------------------------------------
+    def inject(self, path: str, version: int | None = None) -> str:
+        """A secret's value for this task (``inject``), registered with the masker."""
+        value = self.vault.secrets.inject(self._caller(), path, version).decode("utf-8")
+        _mask(value)
+        return value
+
+    def read(self, path: str, version: int | None = None) -> bytes:
+        """Plaintext back to a person (``read``: a security engineer's token only)."""
+        return self.vault.secrets.read(self._caller(), path, version)
+
+    def write(self, path: str, value: bytes | str, *, cas: int | None = None,
+              description: str | None = None) -> VersionInfo:
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        return self.vault.secrets.put(self._caller(), path, data, cas=cas,
+                                      description=description)
+
+    def list(self, prefix: str = "") -> builtins.list[SecretInfo]:
+        return self.vault.secrets.list(self._caller(), prefix)
+
+    def versions(self, path: str) -> builtins.list[VersionInfo]:
+        return self.vault.secrets.versions(self._caller(), path)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Reach the HSM and the database and authenticate; never touches a value."""
+        try:
+            status = self.vault.status(self._caller())
+        except Exception as exc:  # the UI shows the message; our errors hold no values
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, f"vault {status['vault_id']} as {status['you']}"
+
+    # -- plumbing --------------------------------------------------------------------
+    @property
+    def vault(self) -> Vault:
+        if self._vault is None:
+            self._vault = Vault(Settings.load(overrides=self._overrides()))
+        return self._vault
+
+    def _overrides(self) -> dict[str, str | None]:
+        try:
+            conn = self.get_connection(self.mlsecrets_conn_id)
+        except Exception:  # no such connection: the environment configures the vault
+            return {}
+        extras = conn.extra_dejson
+        overrides = {setting: extras.get(extra) for extra, setting in _EXTRAS.items()}
+        if conn.host and not overrides.get("db_url"):
+            overrides["db_url"] = conn.host
+        return overrides
+
+    def _caller(self) -> Caller:
+        return Caller(self.vault.settings.read_caller_token(), caller_context())
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {"hidden_fields": ["schema", "login", "password", "port"],
+                "relabeling": {"host": "Database URL (SQLAlchemy)"},
+                "placeholders": {"host": "postgresql+psycopg://mlsecrets@db/mlsecrets"}}
+
+
+def _mask(value: str) -> None:
+    from airflow_provider_mlsecrets.secrets.backend import _mask as mask
+
+    mask(value)
