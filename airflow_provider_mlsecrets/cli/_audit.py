@@ -18,7 +18,7 @@ from airflow_provider_mlsecrets.service.audit import AuditFilter
 if TYPE_CHECKING:
     from airflow_provider_mlsecrets.cli.main import Context
 
-COLUMNS = ["seq", "ts", "principal", "action", "path", "version", "outcome", "reason"]
+COLUMNS = ["seq", "ts", "principal", "caller", "action", "path", "version", "outcome", "reason"]
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -36,6 +36,15 @@ T = TypeVar("T")
 
 PROCESS_LOCK = threading.RLock()
 
+
+def _reset_lock_in_child() -> None:
+    # A lock another thread held at fork time stays held forever in the child: start afresh.
+    global PROCESS_LOCK
+    PROCESS_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
 # Errors after which the session is gone and a fresh login may help.
 SESSION_LOST: tuple[type[Exception], ...] = (
     p11e.SessionHandleInvalid,

@@ -85,11 +85,11 @@ def _set_real_pins(module: str, conf: Path, label: str, old_so: str, old_user: s
                    home: Path, pin_file: Path) -> None:
     import pkcs11
 
-    from airflow_provider_mlsecrets.keys._session import PROCESS_LOCK
+    from airflow_provider_mlsecrets.keys import _session
 
     os.environ["SOFTHSM2_CONF"] = str(conf)
     user_pin, so_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    with PROCESS_LOCK:
+    with _session.PROCESS_LOCK:
         lib = pkcs11.lib(module)
         lib.reinitialize()  # pick up the token that was just created
         token = lib.get_token(token_label=label)

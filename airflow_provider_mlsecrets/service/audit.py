@@ -70,6 +70,14 @@ class AuditView:
     hash: str = ""
     sealed: bool = False
 
+    @property
+    def caller(self) -> str:
+        """Who asked, in a few words: the task for a task, else the component."""
+        c = self.context
+        if c.get("dag_id"):
+            return f"{c['dag_id']}.{c.get('task_id')} try {c.get('try_number')}"
+        return str(c.get("component", ""))
+
 
 def _view(r: AuditRecord) -> AuditView:
     try:

@@ -25,6 +25,14 @@ _ENGINES: dict[tuple[int, str], Engine] = {}
 _LOCK = threading.Lock()
 
 
+def _reset_lock_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
 def engine_for(url: str) -> Engine:
     """The engine for ``url`` in this process (a forked child gets its own)."""
     pid = os.getpid()

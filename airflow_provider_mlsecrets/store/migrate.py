@@ -7,9 +7,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 
 VERSION_TABLE = "mlsecrets_alembic_version"
 _SCRIPTS = Path(__file__).with_name("migrations")
@@ -30,11 +29,15 @@ def upgrade(engine: Engine) -> bool:
 
 
 def current_revision(bind: Engine | Connection) -> str | None:
-    if isinstance(bind, Connection):
-        context = MigrationContext.configure(bind, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
-    with bind.connect() as connection:
-        return current_revision(connection)
+    """The schema revision, read directly (Alembic's context would log to stdout, which
+    under ``airflow mlsecrets`` is where ``--json`` output goes)."""
+    if not isinstance(bind, Connection):
+        with bind.connect() as connection:
+            return current_revision(connection)
+    if not inspect(bind).has_table(VERSION_TABLE):
+        return None
+    row = bind.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).first()  # noqa: S608
+    return None if row is None else str(row[0])
 
 
 def head_revision() -> str | None:
