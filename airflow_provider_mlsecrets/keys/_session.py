@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,10 @@ SESSION_LOST: tuple[type[Exception], ...] = (
     p11e.UserNotLoggedIn,
 )
 # Errors a torn SoftHSM2 token file shows at login (SoftHSMv2 issue #757).
-TORN_TOKEN: tuple[type[Exception], ...] = (p11e.GeneralError, p11e.NoSuchToken)
+TORN_TOKEN: tuple[type[Exception], ...] = (
+    p11e.GeneralError, p11e.NoSuchToken, p11e.UserPinNotInitialized, p11e.TokenNotRecognised,
+    p11e.TokenNotPresent)
+LOGIN_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class _Shared:
 
 
 _SHARED: dict[tuple[str, str], _Shared] = {}
+# Modules to finalise and initialise again before the next login (after a fork or a lost
+# session). Done inside the login's file lock: C_Initialize reads the token files too.
+_STALE: set[str] = set()
 
 
 def run(address: TokenAddress, operation: Callable[[Any], T], *, retry: bool = True) -> T:
@@ -94,7 +101,7 @@ def run(address: TokenAddress, operation: Callable[[Any], T], *, retry: bool = T
         except SESSION_LOST:
             if not retry:
                 raise
-            _drop(address, reinitialise=True)
+            _drop(address)
             return operation(_current(address).session)
 
 
@@ -118,8 +125,8 @@ def _current(address: TokenAddress) -> _Shared:
     shared = _SHARED.get(key)
     if shared is not None and shared.pid != os.getpid():
         # Forked: the parent's handles mean nothing here. Start the library afresh.
+        _STALE.update(k[0] for k in _SHARED)
         _SHARED.clear()
-        _reinitialise(address.module)
         shared = None
     if shared is None or shared.session is None:
         shared = _Shared()
@@ -128,10 +135,10 @@ def _current(address: TokenAddress) -> _Shared:
     return shared
 
 
-def _drop(address: TokenAddress, *, reinitialise: bool) -> None:
-    _SHARED.pop((address.module, address.label), None)
-    if reinitialise:
-        _reinitialise(address.module)
+def _drop(address: TokenAddress) -> None:
+    for key in [k for k in _SHARED if k[0] == address.module]:
+        del _SHARED[key]
+    _STALE.add(address.module)
 
 
 def _load(module: str) -> Any:
@@ -158,24 +165,32 @@ def _reinitialise(module: str) -> None:
     with contextlib.suppress(p11e.PKCS11Error):
         lib.finalize()  # fails in a reset_on_fork child: initialising is what matters
     lib.initialize()
+    _STALE.discard(module)
 
 
 def _login(address: TokenAddress) -> Any:
+    """Initialise (if needed) and log in, serialised across processes by the file lock.
+
+    Reading the token while another process rewrites it (SoftHSM2 does at every login)
+    shows up as any of :data:`TORN_TOKEN`; the library is then finalised, initialised and
+    asked again, a few times, after a short pause."""
     pin = address.read_pin()
     with _file_lock(address.lock_file):
-        try:
-            return _open(address, pin)
-        except TORN_TOKEN:
+        if address.module in _STALE:
             _reinitialise(address.module)
-        try:
-            return _open(address, pin)
-        except p11e.NoSuchToken:
-            raise describe_missing_token(address) from None
-        except p11e.GeneralError:
-            raise HSMUnavailable(
-                f"token {address.label!r} failed at login twice (GeneralError); check that the "
-                "token store is readable and not being rewritten by another tool"
-            ) from None
+        for attempt in range(LOGIN_ATTEMPTS):
+            try:
+                return _open(address, pin)
+            except TORN_TOKEN as exc:
+                last: Exception = exc
+                _reinitialise(address.module)
+                time.sleep(0.05 * (attempt + 1))
+    if isinstance(last, p11e.NoSuchToken):
+        raise describe_missing_token(address) from None
+    raise HSMUnavailable(
+        f"token {address.label!r} could not be read at login ({type(last).__name__}, "
+        f"{LOGIN_ATTEMPTS} tries); check that the token store is readable and not being "
+        "rewritten by another tool") from None
 
 
 def _open(address: TokenAddress, pin: str) -> Any:
