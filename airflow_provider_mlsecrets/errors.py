@@ -55,10 +55,9 @@ class HSMUnavailable(KeyProviderError):
     """The PKCS#11 module, token or login is not usable; the message says what to check."""
 
 
-class KeyMissing(KeyProviderError, NotFound):
-    """A key the store refers to is not on the token."""
-
-    exit_code = 4
+class KeyMissing(KeyProviderError):
+    """A key the store refers to is not on the token: a configuration or integrity problem,
+    never a plain "not found" (which would let a caller fall back to another source)."""
 
 
 # --- store ----------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class Settings:
                     or Path.home() / ".mlsecrets").expanduser()
         # an empty variable counts as unset, so it cannot hide the config file's value
         merged = {**_read_config_file(home), **{k: v for k, v in env.items() if v}, **given}
+        # a file given explicitly wins over an inline value from the environment
+        for file_var, inline_var in (("MLSECRETS_TOKEN_FILE", "MLSECRETS_TOKEN"),
+                                     ("MLSECRETS_PKCS11_PIN_FILE", "MLSECRETS_PKCS11_PIN")):
+            if file_var in given and inline_var not in given:
+                merged.pop(inline_var, None)
         raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
         kwargs: dict[str, object] = {"home": home}
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"

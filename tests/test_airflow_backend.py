@@ -214,3 +214,28 @@ def test_bad_configuration_fails_at_construction() -> None:
         MLSecretsBackend(pin="1234")
     with pytest.raises(ValueError, match="invalid lookup pattern"):
         MLSecretsBackend(connections_lookup_pattern="(")
+
+
+def test_unforeseen_failures_and_missing_keys_stop_the_chain(airflow_env: AirflowEnv,
+                                                             tmp_path: Path) -> None:
+    broken_token = tmp_path / "broken.token"
+    broken_token.write_bytes(b"\xff\xfe not utf-8")
+    for kwargs in ({"token_file": str(broken_token)},
+                   {"token_file": str(airflow_env.pipeline_token), "key_prefix": "other"}):
+        env = {"AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+               "AIRFLOW_CONN_MLSECRETS_EXAMPLE_DB": "postgres://u:env-canary@envhost/db"}
+        got = subprocess.run(
+            [sys.executable, "-m", "airflow", "connections", "get", "mlsecrets_example_db",
+             "-o", "json"], capture_output=True, text=True, timeout=300, check=False,
+            env={**airflow_env.env, "AIRFLOW__SECRETS__BACKEND": BACKEND, **env})
+        assert got.returncode != 0 and "env-canary" not in got.stdout, kwargs
+        assert "AirflowSecretsBackendAccessDenied" in got.stderr
+
+
+def test_a_token_file_kwarg_wins_over_an_inline_token(airflow_env: AirflowEnv) -> None:
+    from airflow_provider_mlsecrets.settings import Settings
+
+    settings = Settings.load({"MLSECRETS_TOKEN": "mls_inline",
+                              "MLSECRETS_HOME": str(airflow_env.vault.settings.home)},
+                             overrides={"token_file": str(airflow_env.pipeline_token)})
+    assert settings.read_caller_token() == airflow_env.pipeline_token.read_text().strip()

@@ -123,3 +123,13 @@ def test_the_hook_in_a_task_process(airflow_env: AirflowEnv, tmp_path: Path) -> 
     assert lines[-1] == "AccessDenied"
     records = airflow_env.vault.audit.tail(airflow_env.admin, 5)
     assert [r.action for r in records][-2:] == ["secret.versions", "secret.read"]
+
+
+def test_malformed_connection_uris_are_refused(airflow_env: AirflowEnv) -> None:
+    for text in ("not a uri", "", "://nohost"):
+        bad = mlsecrets(airflow_env, "secret", "put", "connections/bad_uri", "--connection-uri",
+                        "-", stdin=text)
+        assert bad.returncode == 2, (text, bad.stderr)
+    empty_arg = mlsecrets(airflow_env, "secret", "put", "connections/bad_uri",
+                          "--connection-uri", "")
+    assert empty_arg.returncode == 2 and "internal error" not in empty_arg.stderr

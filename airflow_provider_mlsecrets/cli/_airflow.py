@@ -26,24 +26,32 @@ def connection_value(path: str, source: str, *, as_json: bool, limit: int) -> by
                            "command line: give a file, or '-' and pipe it on standard input")
     try:
         if source == "-":
-            text = sys.stdin.buffer.read(limit + 1).decode("utf-8")
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(source, "rb") as handle:
-                text = handle.read(limit + 1).decode("utf-8")
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"the connection is over the limit of {limit} bytes "
+                           "(MLSECRETS_MAX_VALUE_BYTES)")
+    try:
+        text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise InvalidInput("a connection must be UTF-8 text") from None
-    text = text.strip()
     conn_id = parse_path(path).rsplit("/", 1)[-1]
     from airflow.models.connection import Connection
 
     try:
         if as_json:
             json.loads(text)
-            Connection.from_json(text, conn_id=conn_id)
+            conn = Connection.from_json(text, conn_id=conn_id)
         else:
-            Connection(conn_id=conn_id, uri=text)
+            if "://" not in text or any(c.isspace() for c in text):
+                raise ValueError("not scheme://…")
+            conn = Connection(conn_id=conn_id, uri=text)
+        if not conn.conn_type:
+            raise ValueError("no connection type")
     except Exception as exc:  # Airflow raises several kinds; the message names no value
         kind = "JSON" if as_json else "URI"
         raise InvalidInput(f"not a valid Airflow connection {kind} ({type(exc).__name__}); "
@@ -97,7 +105,8 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
             prefix = args.connections_prefix if kind == "connection" else args.variables_prefix
             path = f"{prefix}/{ident}"
             report.append(Item(kind, ident, path, _copy_one(
-                secrets, caller, path, value.encode("utf-8"), args, to_delete, kind, ident)))
+                secrets, caller, path, (value or "").encode("utf-8"), args, to_delete, kind,
+                ident, ctx.settings.max_value_bytes)))
             advance(1)
     if args.delete_source and not args.dry_run and to_delete:
         _delete_from_metastore(to_delete, report)
@@ -106,11 +115,15 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _copy_one(secrets: Any, caller: Any, path: str, value: bytes, args: argparse.Namespace,
-              to_delete: list[tuple[str, str]], kind: str, ident: str) -> str:
+              to_delete: list[tuple[str, str]], kind: str, ident: str, limit: int) -> str:
     try:
         parse_path(path)
     except InvalidInput:
         return "skipped: the id does not fit the vault's path grammar"
+    if not value:
+        return "skipped: empty (the vault holds no empty values)"
+    if len(value) > limit:
+        return f"skipped: over the size limit of {limit} bytes"
     try:
         existing = secrets.read(caller, path)
     except NotFound:
@@ -143,8 +156,9 @@ def _delete_from_metastore(to_delete: list[tuple[str, str]], report: list[Item])
         for kind, ident in to_delete:
             model, column = ((Connection, Connection.conn_id) if kind == "connection"
                              else (Variable, Variable.key))
-            session.query(model).filter(column == ident).delete(synchronize_session=False)
-            deleted.add((kind, ident))
+            if session.query(model).filter(column == ident).delete(
+                    synchronize_session=False) == 1:
+                deleted.add((kind, ident))
     for item in report:
         if (item.kind, item.id) in deleted:
             item.result += "; deleted from the metastore"

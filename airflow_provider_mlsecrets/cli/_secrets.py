@@ -87,11 +87,12 @@ def read_value(args: argparse.Namespace, limit: int) -> bytes:
 
 def _put(args: argparse.Namespace, ctx: Context) -> None:
     limit = ctx.settings.max_value_bytes
-    if args.connection_uri or args.connection_json:
+    if args.connection_uri is not None or args.connection_json is not None:
         from airflow_provider_mlsecrets.cli._airflow import connection_value
 
-        value = connection_value(args.path, args.connection_uri or args.connection_json,
-                                 as_json=bool(args.connection_json), limit=limit)
+        as_json = args.connection_json is not None
+        value = connection_value(args.path, args.connection_json if as_json
+                                 else args.connection_uri, as_json=as_json, limit=limit)
     else:
         value = read_value(args, limit)
     info = ctx.vault.secrets.put(ctx.caller, args.path, value, cas=args.cas,

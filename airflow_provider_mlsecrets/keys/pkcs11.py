@@ -165,17 +165,22 @@ class PKCS11KeyProvider(KeyProvider):
 
     def _exists(self, label: str) -> bool:
         def op(session: Any) -> bool:
-            return any(True for _ in session.get_objects(
-                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
+            return _count(session, label) > 0
 
         return _session.run(self._address, op)
 
     def _generate(self, label: str, key_type: KeyType, bits: int, template: dict[Any, Any]) -> None:
         def op(session: Any) -> None:
-            if any(True for _ in session.get_objects(
-                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})):
+            if _count(session, label) > 0:
                 raise KeyProviderError(f"a key labelled {label!r} already exists on the token")
             session.generate_key(key_type, bits, label=label, id=label.encode(), store=True,
                                  template=template)
 
         _session.run(self._address, op, retry=False)
+
+
+def _count(session: Any, label: str) -> int:
+    """How many secret keys carry ``label``; the search is run to its end, so its handle is
+    closed now and not by the garbage collector after the session may be gone."""
+    return len(list(session.get_objects(
+        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})))

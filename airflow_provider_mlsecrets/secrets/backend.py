@@ -128,6 +128,14 @@ class MLSecretsBackend(BaseSecretsBackend):
                       type(exc).__name__, exc)
             raise AirflowSecretsBackendAccessDenied(
                 f"mlsecrets refused the {kind} {identifier!r}: {exc}") from None
+        except Exception as exc:
+            # Anything unforeseen must stop the chain too: falling through would let a lower
+            # backend serve this name. Only the type is shown: its text is not ours.
+            log.error("mlsecrets failed on the %s %r (%s)", kind, identifier,
+                      type(exc).__name__)
+            raise AirflowSecretsBackendAccessDenied(
+                f"mlsecrets failed on the {kind} {identifier!r} ({type(exc).__name__})"
+            ) from None
         try:
             value = raw.decode("utf-8")
         except UnicodeDecodeError:
