@@ -1,0 +1,1 @@
+"""Credential injection: references in DAGs, values only inside the running task."""

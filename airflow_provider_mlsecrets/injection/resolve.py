@@ -1,0 +1,105 @@
+"""Turning references into values, inside the running task only.
+
+``secret:`` references go to the vault as the pipeline principal with the task's identity
+(an audited ``inject``); ``conn:`` and ``var:`` go through Airflow's own lookups, so they
+work with whatever secrets backends are configured (ours audits them too). Every value and
+every form derived from it is registered with Airflow's masker before anything runs, and
+collected for our own redactor. Failures name the reference, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_mlsecrets.errors import MLSecretsError
+from airflow_provider_mlsecrets.injection.references import CONN_FIELDS, Reference
+
+
+class ResolutionError(Exception):
+    """A reference could not be turned into a value; the message names only the reference."""
+
+
+@dataclass
+class Resolved:
+    env: dict[str, str] = field(default_factory=dict)
+    sensitive: set[str] = field(default_factory=set)
+
+
+def resolve(refs: dict[str, Reference], hook: Any) -> Resolved:
+    out = Resolved()
+    for name, ref in refs.items():
+        value, derived = _resolve_one(ref, hook)
+        out.env[name] = value
+        out.sensitive.update(v for v in (value, *derived) if v)
+    from airflow_provider_mlsecrets.secrets.backend import _mask
+
+    for value in out.sensitive:
+        _mask(value)
+    return out
+
+
+def _resolve_one(ref: Reference, hook: Any) -> tuple[str, list[str]]:
+    try:
+        if ref.kind == "secret":
+            raw = hook.inject(ref.target, ref.version)
+            return (_json_field(raw, ref) if ref.field else raw), [raw]
+        if ref.kind == "conn":
+            return _connection_field(ref)
+        return _variable(ref), []
+    except ResolutionError:
+        raise
+    except MLSecretsError as exc:
+        raise ResolutionError(f"{ref}: {exc}") from None
+    except Exception as exc:  # Airflow's not-found and access-denied types, among others
+        raise ResolutionError(f"{ref}: {_describe(exc)}") from None
+
+
+def _json_field(raw: str, ref: Reference) -> str:
+    try:
+        data = json.loads(raw)
+        value = data[ref.field] if isinstance(data, dict) else None
+    except (ValueError, KeyError):
+        value = None
+    if value is None:
+        raise ResolutionError(f"{ref}: the value is not a JSON object with the field "
+                              f"{ref.field!r}")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _connection_field(ref: Reference) -> tuple[str, list[str]]:
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(ref.target)
+    derived = [v for v in (conn.password, conn.get_uri()) if v]
+    name = ref.field or "uri"
+    if name == "uri":
+        return conn.get_uri(), derived
+    if name in CONN_FIELDS:
+        value = getattr(conn, name)
+    else:
+        value = conn.extra_dejson.get(name)
+        if value is not None and not isinstance(value, str):
+            value = json.dumps(value)
+        if value is not None and conn.extra:
+            derived.append(conn.extra)
+    if value is None or value == "":
+        raise ResolutionError(f"{ref}: the connection has no {name}")
+    return str(value), derived
+
+
+def _variable(ref: Reference) -> str:
+    from airflow.sdk import Variable
+
+    value = Variable.get(ref.target)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _describe(exc: Exception) -> str:
+    name = type(exc).__name__
+    if "AccessDenied" in name or isinstance(exc, PermissionError):
+        return "access denied"
+    if "NotFound" in name or "not found" in str(exc).lower():
+        return "not found"
+    return f"lookup failed ({name})"

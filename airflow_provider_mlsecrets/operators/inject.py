@@ -1,0 +1,177 @@
+"""``InjectSecretsOperator``: decrypted credentials in a child process's environment, and
+nowhere else.
+
+    InjectSecretsOperator(
+        task_id="train",
+        env={"OPENAI_API_KEY": "secret:ml/openai/api_key",
+             "DB_PASSWORD": "conn:warehouse.password", "WANDB_KEY": "var:wandb_key"},
+        command=["python", "train.py"],          # an argv list; shell=True to use a shell
+    )
+
+The DAG, its rendered fields and the metadata database hold references only. At execute
+time the references are resolved (audited ``inject`` with the task's identity), every
+value and derived form is registered with Airflow's masker, and the command or callable
+runs in a child whose environment is a clean base plus the asked-for names; the task's
+own environment is never changed. The child's output is redacted by our own filter as
+well; a return value holding an injected value is refused; a failure's text never holds one.
+A denied or missing reference fails the task at once, without retries.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.injection.redact import Redactor
+from airflow_provider_mlsecrets.injection.references import parse_env
+from airflow_provider_mlsecrets.injection.resolve import ResolutionError, resolve
+
+BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
+
+
+class InjectSecretsOperator(BaseOperator):
+    """Run ``command`` or ``python_callable`` with secrets injected into its environment.
+
+    :param env: ``{ENV_NAME: reference}``; see :mod:`..injection.references`
+    :param command: an argv list (or a string with ``shell=True``)
+    :param python_callable: run in a forked child; its return value goes to XCom as JSON,
+        unless it holds an injected value
+    :param base_env: extra non-secret variables for the child (on top of PATH, HOME, …)
+    :param mlsecrets_conn_id: the ``mlsecrets`` connection for ``secret:`` references
+    """
+
+    template_fields: Sequence[str] = ("env", "command", "base_env", "cwd")
+    ui_color = "#e8f0e0"
+
+    def __init__(self, *, env: dict[str, str],
+                 command: Sequence[str] | str | None = None,
+                 python_callable: Callable[..., Any] | None = None,
+                 op_args: Sequence[Any] | None = None, op_kwargs: Mapping[str, Any] | None = None,
+                 shell: bool = False, base_env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, mlsecrets_conn_id: str = "mlsecrets_default",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if (command is None) == (python_callable is None):
+            raise ValueError("give exactly one of command and python_callable")
+        if isinstance(command, str) and not shell:
+            raise ValueError("a command string needs shell=True; prefer an argv list")
+        if not any("{{" in str(v) for v in env.values()):
+            try:
+                parse_env(env)  # a typo fails the DAG file, not the run
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        self.env = env
+        self.command = command
+        self.python_callable = python_callable
+        self.op_args = list(op_args or ())
+        self.op_kwargs = dict(op_kwargs or {})
+        self.shell = shell
+        self.base_env = dict(base_env or {})
+        self.cwd = cwd
+        self.mlsecrets_conn_id = mlsecrets_conn_id
+
+    def execute(self, context: Any) -> Any:
+        resolved = resolve_env(self.env, self.mlsecrets_conn_id)
+        redactor = Redactor(resolved.sensitive)
+        child_env = {**clean_base_env(), **self.base_env, **resolved.env}
+        if self.command is not None:
+            self._run_command(child_env, redactor)
+            return None
+        assert self.python_callable is not None
+        return self._run_callable(child_env, redactor)
+
+    # -- the child ---------------------------------------------------------------------
+    def _run_command(self, child_env: dict[str, str], redactor: Redactor) -> None:
+        try:
+            process = subprocess.Popen(  # noqa: S603 - argv list unless shell=True was asked
+                self.command, shell=self.shell, env=child_env, cwd=self.cwd,  # type: ignore[arg-type]
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise AirflowException(f"cannot start the command ({exc.strerror})") from None
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
+        code = process.wait()
+        if code != 0:
+            raise AirflowException(f"the command exited with status {code}")
+
+    def _run_callable(self, child_env: dict[str, str], redactor: Redactor) -> Any:
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
+        read_fd, write_fd = os.pipe()
+        child = context.Process(target=_child_main, args=(
+            self.python_callable, self.op_args, self.op_kwargs, child_env, write_fd, send))
+        child.start()
+        os.close(write_fd)
+        send.close()
+        with os.fdopen(read_fd, "rb") as output:
+            for line in output:
+                self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
+        child.join()
+        outcome, payload = receive.recv() if receive.poll() else ("error", "no result")
+        if outcome != "ok":
+            raise AirflowException(f"the callable raised {payload} (its traceback, redacted, "
+                                   "is in the log above)")
+        if redactor.contains_secret(payload):
+            raise AirflowFailException(
+                "the callable's return value contains an injected secret, so it was not "
+                "stored; return a size, a flag or a salted hash instead")
+        return json.loads(payload)
+
+
+def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_default") -> Any:
+    """Resolve ``{ENV_NAME: reference}`` at execute time: for this operator, the decorator,
+    or another operator's environment (``resolve_env(refs).env`` for a pod's ``env_vars``).
+    A bad, denied or missing reference fails the task without retries."""
+    from airflow_provider_mlsecrets.hooks.vault import MLSecretsHook
+
+    try:
+        refs = parse_env(dict(env))
+    except InvalidInput as exc:
+        raise AirflowFailException(f"mlsecrets: {exc}") from None
+    try:
+        return resolve(refs, MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id))
+    except ResolutionError as exc:
+        raise AirflowFailException(f"mlsecrets: {exc}") from None
+
+
+def clean_base_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in BASE_ENV_NAMES if k in os.environ}
+
+
+def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                env: dict[str, str], out_fd: int, send: Any) -> None:
+    """In the forked child: our own environment and output, run, report, leave."""
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    # the task's sys.stdout may be Airflow's log redirector: the child writes to the pipe
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        result = fn(*args, **kwargs)
+        send.send(("ok", json.dumps(result)))
+    except TypeError as exc:
+        if "JSON serializable" in str(exc):
+            send.send(("error", "a return value that is not JSON"))
+        else:
+            traceback.print_exc()
+            send.send(("error", type(exc).__name__))
+    except BaseException as exc:
+        traceback.print_exc()
+        send.send(("error", type(exc).__name__))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

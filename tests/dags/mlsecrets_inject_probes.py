@@ -1,0 +1,60 @@
+"""Test DAGs that try every way of leaking an injected value, and one that is denied."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import dag
+
+from airflow_provider_mlsecrets.operators.inject import InjectSecretsOperator
+
+ENV = {"API_KEY": "secret:ml/openai/api_key", "SHORT": "secret:ml/short",
+       "DB_PASSWORD": "conn:mlsecrets_example_db.password",
+       "REGISTRY": "var:model_registry_url"}
+START = datetime(2026, 1, 1)
+
+
+def print_and_return() -> dict[str, Any]:
+    print("api key is", os.environ["API_KEY"], "short is", os.environ["SHORT"])
+    print("db password is", os.environ["DB_PASSWORD"], file=sys.stderr)
+    return {"leak": os.environ["API_KEY"]}
+
+
+def raise_with_value() -> None:
+    raise ValueError(f"could not log in with {os.environ['DB_PASSWORD']}")
+
+
+def describe_env() -> dict[str, Any]:
+    return {"names": sorted(os.environ), "lengths": {k: len(os.environ[k]) for k in ENV}}
+
+
+@dag(dag_id="mlsecrets_inject_leaky", schedule=None, start_date=START, catchup=False)
+def leaky() -> None:
+    InjectSecretsOperator(task_id="leak", env=ENV, python_callable=print_and_return, retries=0)
+
+
+@dag(dag_id="mlsecrets_inject_raises", schedule=None, start_date=START, catchup=False)
+def raises() -> None:
+    InjectSecretsOperator(task_id="boom", env=ENV, python_callable=raise_with_value, retries=0)
+
+
+@dag(dag_id="mlsecrets_inject_env", schedule=None, start_date=START, catchup=False)
+def env_only() -> None:
+    InjectSecretsOperator(task_id="env", env=ENV, python_callable=describe_env,
+                          base_env={"NOT_SECRET": "x"})
+
+
+@dag(dag_id="mlsecrets_inject_denied", schedule=None, start_date=START, catchup=False,
+     params={"marker": ""})
+def denied() -> None:
+    InjectSecretsOperator(task_id="denied", env={"K": "secret:other/not_granted"},
+                          command=["touch", "{{ params.marker }}"], retries=3)
+
+
+leaky()
+raises()
+env_only()
+denied()
