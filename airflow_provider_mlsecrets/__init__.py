@@ -50,4 +50,9 @@ def get_provider_info() -> dict[str, Any]:
         }],
         "secrets-backends": ["airflow_provider_mlsecrets.secrets.backend.MLSecretsBackend"],
         "cli": ["airflow_provider_mlsecrets.airflow_cli.get_cli_commands"],
+        "task-decorators": [{"name": "mlsecrets",
+                             "class-name": "airflow_provider_mlsecrets.decorators.inject."
+                                           "mlsecrets_task"}],
+        "operators": [{"integration-name": "ML Secrets",
+                       "python-modules": ["airflow_provider_mlsecrets.operators.inject"]}],
     }

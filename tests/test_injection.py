@@ -154,3 +154,15 @@ def test_redactor_covers_short_values_and_overlaps() -> None:
     assert redact("key=abcdef short=abc one=x") == "key=*** short=*** one=x"
     assert redact.contains_secret('{"v": "abc"}') and not redact.contains_secret("ab")
     assert os.environ.get("API_KEY") is None  # nothing leaked into the test process
+
+
+def test_the_taskflow_decorator(injected: AirflowEnv) -> None:
+    got = dags_test(injected, "mlsecrets_inject_decorated")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert "key in the decorated task: ***" in got.stdout + got.stderr
+    assert API_KEY.encode() not in everything_written(injected, got)
+    db = sqlite3.connect(injected.home / "airflow.db")
+    [(value,)] = db.execute("SELECT value FROM xcom WHERE dag_id = 'mlsecrets_inject_decorated'"
+                            " AND key = 'return_value'").fetchall()
+    assert json.loads(value if isinstance(value, str) else bytes(value).decode()) == {
+        "chars": len(API_KEY), "suffix": "ok"}

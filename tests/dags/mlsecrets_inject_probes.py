@@ -58,3 +58,18 @@ leaky()
 raises()
 env_only()
 denied()
+
+
+@dag(dag_id="mlsecrets_inject_decorated", schedule=None, start_date=START, catchup=False)
+def decorated() -> None:
+    from airflow.sdk import task
+
+    @task.mlsecrets(env={"API_KEY": "secret:ml/openai/api_key"})  # type: ignore[attr-defined]
+    def use_key(suffix: str) -> dict[str, Any]:
+        print("key in the decorated task:", os.environ["API_KEY"])
+        return {"chars": len(os.environ["API_KEY"]), "suffix": suffix}
+
+    use_key("ok")
+
+
+decorated()
