@@ -36,3 +36,18 @@ def encode(*fields: Field) -> bytes:
         out += struct.pack(">I", len(data))
         out += data
     return bytes(out)
+
+
+def decode(data: bytes) -> list[bytes]:
+    """Invert :func:`encode` (fields come back as bytes); ``ValueError`` if malformed."""
+    fields, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise ValueError("truncated length prefix")
+        (size,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise ValueError("truncated field")
+        fields.append(data[offset:offset + size])
+        offset += size
+    return fields

@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,24 @@ def test_the_taskflow_decorator(injected: AirflowEnv) -> None:
                             " AND key = 'return_value'").fetchall()
     assert json.loads(value if isinstance(value, str) else bytes(value).decode()) == {
         "chars": len(API_KEY), "suffix": "ok"}
+
+
+def test_a_sealed_value_opens_in_the_task_and_not_under_another_path(
+        injected: AirflowEnv) -> None:
+    cli = [sys.executable, "-m", "airflow_provider_mlsecrets.cli.main", "seal", "ml/sealed_key",
+           "--stdin"]
+    admin_token = injected.home.parent / "admin.token"
+    admin_token.write_text(injected.admin.token or "")
+    sealed = subprocess.run(cli, input="sealed-task-canary", capture_output=True, text=True,
+                            env={**injected.env, "MLSECRETS_TOKEN_FILE": str(admin_token)},
+                            timeout=120, check=True).stdout.strip()
+    assert sealed.startswith("sealed:ml/sealed_key:mlsealed1.")
+    ok = dags_test(injected, "mlsecrets_inject_sealed", "-c", json.dumps({"ref": sealed}))
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    assert "sealed value has 18 chars" in ok.stdout + ok.stderr
+    moved = sealed.replace("sealed:ml/sealed_key:", "sealed:ml/other_key:")
+    bad = dags_test(injected, "mlsecrets_inject_sealed", "-c", json.dumps({"ref": moved}))
+    assert bad.returncode != 0
+    assert "could not be authenticated" in bad.stdout + bad.stderr
+    for got in (ok, bad):
+        assert b"sealed-task-canary" not in everything_written(injected, got)

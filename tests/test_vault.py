@@ -358,3 +358,27 @@ def test_inject_of_a_missing_path_is_not_found_even_without_a_grant(env: Env) ->
     assert records(env)[-3:] == [("etl", "secret.inject", "other/missing", "not_found"),
                                  ("etl", "secret.inject", "other/exists", "denied"),
                                  ("etl", "secret.read", "other/missing", "denied")]
+
+
+def test_sealed_values_open_only_at_their_path_for_inject(env: Env) -> None:
+    from airflow_provider_mlsecrets.crypto.sealed import PREFIX
+
+    token = env.vault.secrets.seal(env.admin, "ml/sealed/key", b"sealed-canary-value")
+    assert token.startswith(PREFIX) and b"sealed-canary-value" not in token.encode()
+    etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    assert env.vault.secrets.unseal(etl, "ml/sealed/key", token) == b"sealed-canary-value"
+    with pytest.raises(IntegrityError):
+        env.vault.secrets.unseal(etl, "ml/sealed/other", token)  # pasted under another path
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    for bad in (flipped, token[:-4], PREFIX + "AAAA", "garbage"):
+        with pytest.raises(IntegrityError):
+            env.vault.secrets.unseal(etl, "ml/sealed/key", bad)
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.seal(etl, "ml/sealed/key", b"x")  # sealing needs write
+    viewer = env.principal("v", "viewer", ("ml/**", ["list"]))
+    with pytest.raises(AccessDenied):
+        env.vault.secrets.unseal(viewer, "ml/sealed/key", token)
+    # a stored secret's version never opens as a sealed token, and nothing was stored
+    assert env.vault.secrets.list(env.admin) == []
+    outcomes = [(r[1], r[3]) for r in records(env)]
+    assert ("secret.unseal", "error") in outcomes and ("secret.seal", "denied") in outcomes

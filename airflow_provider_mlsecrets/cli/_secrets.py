@@ -59,6 +59,16 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("path")
         p.set_defaults(handler=_delete if name == "delete" else _undelete)
 
+    seal = commands.add_parser("seal", parents=[common],
+                               help="turn a value into a token safe to commit to git, bound "
+                                    "to PATH; it opens only in a task granted inject on PATH")
+    seal.add_argument("path")
+    seal_source = seal.add_mutually_exclusive_group(required=True)
+    seal_source.add_argument("--value-file", type=Path, metavar="FILE")
+    seal_source.add_argument("--stdin", action="store_true")
+    seal_source.add_argument("--generate", type=int, metavar="N")
+    seal.set_defaults(handler=_seal)
+
     destroy = sub.add_parser("destroy", parents=[common],
                              help="erase one version's ciphertext for good")
     destroy.add_argument("path")
@@ -99,6 +109,15 @@ def _put(args: argparse.Namespace, ctx: Context) -> None:
                                  description=args.description, owner=args.owner)
     del value
     ctx.output.message(f"{info.path}: version {info.version} written", info)
+
+
+def _seal(args: argparse.Namespace, ctx: Context) -> None:
+    token = ctx.vault.secrets.seal(ctx.caller, args.path,
+                                   read_value(args, ctx.settings.max_value_bytes))
+    if ctx.output.as_json:
+        ctx.output.data({"path": args.path, "reference": f"sealed:{args.path}:{token}"})
+    else:
+        print(f"sealed:{args.path}:{token}")
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> None:

@@ -51,6 +51,12 @@ class MLSecretsHook(BaseHook):
         _mask(value)
         return value
 
+    def unseal(self, path: str, token: str) -> str:
+        """A sealed value for this task (``inject`` on ``path``), registered with the masker."""
+        value = self.vault.secrets.unseal(self._caller(), path, token).decode("utf-8")
+        _mask(value)
+        return value
+
     def read(self, path: str, version: int | None = None) -> bytes:
         """Plaintext back to a person (``read``: a security engineer's token only)."""
         return self.vault.secrets.read(self._caller(), path, version)

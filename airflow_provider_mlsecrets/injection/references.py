@@ -4,6 +4,8 @@
 * ``conn:ID[.FIELD]``: an Airflow connection, whole (its URI) or one field: ``uri``,
   ``login``, ``password``, ``host``, ``port``, ``schema``, ``conn_type`` or a key of extra
 * ``var:KEY``: an Airflow variable
+* ``sealed:PATH:TOKEN``: a value sealed with ``mlsecrets seal PATH`` (safe in git); it opens
+  only in the task, through the vault, as ``PATH``
 
 They are parsed when the DAG is parsed (a typo fails the DAG file, not the run) and again
 after templating, so a rendered field can only ever hold a reference.
@@ -23,18 +25,23 @@ _SECRET = re.compile(r"secret:(?P<path>[^@#]+)(?:@(?P<version>[1-9][0-9]{0,9}))?
                      r"(?:#(?P<field>[A-Za-z0-9_.\-]{1,128}))?")
 _CONN = re.compile(r"conn:(?P<id>[A-Za-z0-9_\-]{1,250})(?:\.(?P<field>[A-Za-z0-9_\-]{1,128}))?")
 _VAR = re.compile(r"var:(?P<key>[A-Za-z0-9_.\-]{1,250})")
-FORMS = "secret:PATH[@VERSION][#FIELD], conn:ID[.FIELD] or var:KEY"
+_SEALED = re.compile(r"sealed:(?P<path>[^:]+):(?P<token>mlsealed1\.[A-Za-z0-9_\-]{1,100000})")
+FORMS = "secret:PATH[@VERSION][#FIELD], conn:ID[.FIELD], var:KEY or sealed:PATH:TOKEN"
 
 
 @dataclass(frozen=True)
 class Reference:
-    kind: str  # "secret", "conn" or "var"
+    kind: str  # "secret", "conn", "var" or "sealed"
     target: str
     version: int | None = None
     field: str | None = None
+    token: str | None = None
 
     def __str__(self) -> str:
+        """The reference as written, except that a sealed token is shortened."""
         text = f"{self.kind}:{self.target}"
+        if self.token is not None:
+            return f"{text}:{self.token[:18]}…"
         if self.version is not None:
             text += f"@{self.version}"
         if self.field is not None:
@@ -55,6 +62,9 @@ def parse_reference(text: object) -> Reference:
         return Reference("conn", m["id"], None, m["field"])
     if m := _VAR.fullmatch(text):
         return Reference("var", m["key"])
+    if m := _SEALED.fullmatch(text):
+        parse_path(m["path"])
+        return Reference("sealed", m["path"], token=m["token"])
     raise InvalidInput(f"not a reference; write {FORMS} (values never go in a DAG)")
 
 

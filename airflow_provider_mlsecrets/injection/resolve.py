@@ -45,6 +45,8 @@ def _resolve_one(ref: Reference, hook: Any) -> tuple[str, list[str]]:
         if ref.kind == "secret":
             raw = hook.inject(ref.target, ref.version)
             return (_json_field(raw, ref) if ref.field else raw), [raw]
+        if ref.kind == "sealed":
+            return hook.unseal(ref.target, ref.token), []
         if ref.kind == "conn":
             return _connection_field(ref)
         return _variable(ref), []

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets.crypto import sealed as sealed_tokens
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import (
     ConfigurationError,
@@ -166,6 +167,27 @@ class SecretsService:
         return self._open(caller, path, version, Capability.INJECT, "secret.inject",
                           absent=lambda session: session.execute(
                               select(Secret.id).where(Secret.path == path)).first() is None)
+
+    def seal(self, caller: Caller, path: str, value: bytes) -> str:
+        """A sealed token for ``value`` bound to ``path`` (``write`` on the path); nothing is
+        stored. It opens only through :meth:`unseal` for a principal with ``inject``."""
+        path = parse_path(path)
+        self._check_value(value)
+        with self._core.operation(caller, "secret.seal", Capability.WRITE, path) as op:
+            kek = self._current_kek(op.session)
+            sealed = self.envelope.seal(
+                value, sealed_tokens.binding(self._core.vault_id(op.session), path), kek)
+            return sealed_tokens.to_token(sealed)
+
+    def unseal(self, caller: Caller, path: str, token: str) -> bytes:
+        """Open a sealed token as ``path`` (``inject``); a token sealed for another path or
+        vault, or altered, raises :class:`IntegrityError` and is audited as an error."""
+        path = parse_path(path)
+        with self._core.operation(caller, "secret.unseal", Capability.INJECT, path) as op:
+            value = self.envelope.open(
+                sealed_tokens.from_token(token),
+                sealed_tokens.binding(self._core.vault_id(op.session), path))
+        return value
 
     def list(self, caller: Caller, prefix: str = "", *,
              include_deleted: bool = False) -> builtins.list[SecretInfo]:

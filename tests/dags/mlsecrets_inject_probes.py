@@ -73,3 +73,15 @@ def decorated() -> None:
 
 
 decorated()
+
+
+@dag(dag_id="mlsecrets_inject_sealed", schedule=None, start_date=START, catchup=False,
+     params={"ref": ""})
+def sealed() -> None:
+    InjectSecretsOperator(task_id="sealed", env={"SEALED": "{{ params.ref }}"}, retries=0,
+                          command=[sys.executable, "-c",
+                                   "import os; print('sealed value has',"
+                                   " len(os.environ['SEALED']), 'chars')"])
+
+
+sealed()
