@@ -205,3 +205,51 @@ def test_filters_for_forensic_work(env: Env) -> None:
     assert env.vault.audit.tail(env.admin, 50, AuditFilter(path_prefix="ml/s1"))
     with pytest.raises(InvalidInput):
         AuditFilter(outcome="maybe")
+
+
+def _plant(c: Connection, chain: int, seq: int) -> None:
+    c.execute(text(f"INSERT INTO mlsecrets_audit (chain, seq, {COLUMNS}, hash, seal) VALUES "
+                   "(:chain, :seq, '2026-01-01T00:00:00.000000Z', 'pipe', 'pipeline', "
+                   "'secret.read', 'x/y', 1, 'allowed', 'planted', 'r', '{}', :h, :h)"),
+              {"chain": chain, "seq": seq, "h": b"\x00" * 32})
+
+
+@pytest.mark.parametrize(("chain", "seq", "problem"), [
+    (1, 1_000_000, "beyond its head"), (7, 1, "no head")])
+def test_records_planted_outside_the_walked_chain_are_caught(env: Env, chain: int, seq: int,
+                                                              problem: str) -> None:
+    fill(env, 2)
+    with engine_for(env.settings.db_url).begin() as c:  # INSERT needs no dropped trigger
+        _plant(c, chain, seq)
+    with pytest.raises(AuditChainBroken, match=problem):
+        env.vault.audit.verify(env.admin, all_seals=True)
+
+
+def test_a_head_moved_back_before_the_checkpoint_is_caught(env: Env, tmp_path: Path) -> None:
+    fill(env, 4)
+    checkpoint = env.vault.audit.checkpoint(env.admin)
+    cut = checkpoint.chains[0].seq - 3
+    vid = vault_id(env)
+
+    def change(c: Connection) -> None:
+        # keep the checkpointed record, remove what lies between, rewind the head
+        c.execute(text("DELETE FROM mlsecrets_audit WHERE seq > :cut AND seq <> :kept"),
+                  {"cut": cut, "kept": checkpoint.chains[0].seq})
+        c.execute(text("DELETE FROM mlsecrets_audit WHERE seq = :kept"),
+                  {"kept": checkpoint.chains[0].seq})
+        rehash_from(c, vid, cut + 1)
+        _plant(c, 1, checkpoint.chains[0].seq)  # a record with the checkpoint's number
+
+    tamper(env, change)
+    with pytest.raises(AuditChainBroken):
+        env.vault.audit.verify(env.admin, checkpoint=checkpoint)
+
+
+def test_an_append_onto_a_planted_record_fails_closed_with_a_clear_error(env: Env) -> None:
+    from airflow_provider_mlsecrets.errors import AuditError
+
+    fill(env, 1)
+    with engine_for(env.settings.db_url).begin() as c:
+        _plant(c, 1, 3)  # the next append would be record 3
+    with pytest.raises(AuditError, match="beyond its head"):
+        env.vault.secrets.put(env.admin, "ml/after", b"v")

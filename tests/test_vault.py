@@ -382,3 +382,32 @@ def test_sealed_values_open_only_at_their_path_for_inject(env: Env) -> None:
     assert env.vault.secrets.list(env.admin) == []
     outcomes = [(r[1], r[3]) for r in records(env)]
     assert ("secret.unseal", "error") in outcomes and ("secret.seal", "denied") in outcomes
+
+
+def test_a_fenced_security_engineer_cannot_delegate_around_the_fence(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "prod/db", b"PROD-CANARY")
+    eve = env.principal("eve", "security_engineer")
+    env.vault.access.grant(env.admin, "eve", "prod/**", ["read", "inject"], deny=True)
+    with pytest.raises(AccessDenied, match="explicit deny"):
+        env.vault.secrets.read(eve, "prod/db")
+    with pytest.raises(AccessDenied, match="fenced"):
+        env.vault.access.create_principal(eve, "evebot", "pipeline")
+    with pytest.raises(AccessDenied, match="fenced"):
+        env.vault.access.grant(eve, "eve", "dev/**", ["inject"])
+
+
+def test_inject_refuses_names_it_holds_but_cannot_serve(env: Env) -> None:
+    etl = env.principal("etl", "pipeline", ("connections/**", ["inject"]))
+    env.vault.secrets.put(env.admin, "connections/billing_db", b"vault-value")
+    with pytest.raises(AccessDenied, match="only in case"):
+        env.vault.secrets.inject(etl, "connections/BILLING_DB")
+    env.vault.secrets.delete(env.admin, "connections/billing_db")
+    with pytest.raises(AccessDenied, match="cannot be served"):
+        env.vault.secrets.inject(etl, "connections/billing_db")
+    with pytest.raises(NotFound):  # a person reading gets the plain answer
+        env.vault.secrets.read(env.admin, "connections/billing_db")
+    env.vault.secrets.undelete(env.admin, "connections/billing_db")
+    with env.vault.core.transaction() as session:  # marked destroyed, data left in place
+        session.execute(text("UPDATE mlsecrets_secret_versions SET state = 'destroyed'"))
+    with pytest.raises(IntegrityError, match="marked destroyed"):
+        env.vault.secrets.inject(etl, "connections/billing_db")

@@ -8,6 +8,7 @@ so every record's predecessor is unambiguous however many processes write at onc
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -46,5 +47,10 @@ def append(session: Session, keys: KeyProvider, entry: Entry, chain: int = DEFAU
     ))
     head.seq = seq
     head.hash = digest
-    session.flush()
+    try:
+        session.flush()
+    except sa_exc.IntegrityError:
+        raise AuditError(
+            f"audit chain {chain} already has a record {seq} beyond its head: the trail was "
+            "tampered with; run 'mlsecrets audit verify' and restore from backup") from None
     return seq

@@ -57,19 +57,41 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
            checkpoint: Checkpoint | None = None, all_seals: bool = False,
            progress: Progress | None = None) -> Report:
     report = Report()
-    heads = {h.chain: h for h in connection.execute(select(AuditHead)).all()}
+    # FOR SHARE: no record is appended while the trail is read, so the heads and the
+    # records are one consistent picture (SQLite's write lock already gives that).
+    heads = {h.chain: h for h in connection.execute(
+        select(AuditHead).with_for_update(read=True)).all()}
     if not heads:
         report.fail(0, None, "there is no audit chain at all: the trail was removed, or the "
                     "vault was never initialised")
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
+    _check_extents(connection, heads, report)
+    wanted = {p.chain: p.seq for p in checkpoint.chains} if checkpoint is not None else {}
+    walked: dict[int, bytes] = {}
     for chain, head in sorted(heads.items()):
         report.chains += 1
-        _verify_chain(connection, keys, vault_id, chain, head, report, all_seals, progress)
+        _verify_chain(connection, keys, vault_id, chain, head, report, all_seals, progress,
+                      wanted.get(chain), walked)
     if checkpoint is not None:
         for point in checkpoint.chains:
-            _check_point(connection, keys, point, report)
+            _check_point(keys, point, heads.get(point.chain), walked.get(point.chain), report)
     return report
+
+
+def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: Report) -> None:
+    """Every record must lie on a chain with a head and at or below it: a record planted
+    beyond the head, or on a chain with no head, would otherwise never be walked."""
+    for chain, top in connection.execute(
+            select(AuditRecord.chain, func.max(AuditRecord.seq)).group_by(AuditRecord.chain)):
+        head = heads.get(chain)
+        if head is None:
+            report.fail(chain, 1, f"chain {chain} has records but no head: records were "
+                        "inserted outside the vault")
+        elif top > head.seq:
+            report.fail(chain, head.seq + 1, f"chain {chain} has records beyond its head "
+                        f"(up to {top}, head at {head.seq}): records were inserted, or the "
+                        "head was moved back")
 
 
 def _rows(connection: Connection, chain: int, upto: int) -> Iterable[Row[Any]]:
@@ -84,7 +106,8 @@ def _rows(connection: Connection, chain: int, upto: int) -> Iterable[Row[Any]]:
 
 def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
                   head: Row[Any], report: Report, all_seals: bool,
-                  progress: Progress | None) -> None:
+                  progress: Progress | None, checkpoint_seq: int | None,
+                  walked: dict[int, bytes]) -> None:
     previous = genesis(vault_id, chain)
     expected = 1
     last = None
@@ -108,6 +131,8 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
             return
         report.seals_checked += all_seals
         report.records += 1
+        if seq == checkpoint_seq:
+            walked[chain] = digest  # the hash as recomputed, not as stored
         previous, expected, last = digest, expected + 1, r
         if progress is not None and report.records % PROGRESS_STEP == 0:
             progress(PROGRESS_STEP)
@@ -131,17 +156,14 @@ def _seal_ok(keys: KeyProvider, digest: bytes, seal: bytes | None) -> bool:
     return seal is not None and hmac.compare_digest(keys.mac(MacKey.AUDIT, digest), seal)
 
 
-def _check_point(connection: Connection, keys: KeyProvider, point: ChainPoint,
-                 report: Report) -> None:
+def _check_point(keys: KeyProvider, point: ChainPoint, head: Row[Any] | None,
+                 recomputed: bytes | None, report: Report) -> None:
     chain, seq = point.chain, point.seq
     if not _seal_ok(keys, point.hash, point.seal):
         report.fail(chain, None, f"checkpoint for chain {chain} at record {seq} has a bad seal: "
                     "it was not made by this vault's HSM")
-        return
-    stored = connection.execute(select(AuditRecord.hash).where(
-        AuditRecord.chain == chain, AuditRecord.seq == seq)).scalar_one_or_none()
-    if stored is None:
-        report.fail(chain, seq, f"chain {chain}: the checkpoint names record {seq}, which is "
-                    "gone: the trail was truncated")
-    elif not hmac.compare_digest(stored, point.hash):
+    elif head is None or seq > head.seq or recomputed is None:
+        report.fail(chain, seq, f"chain {chain}: the checkpoint names record {seq}, which the "
+                    "verified trail does not reach: the trail was truncated")
+    elif not hmac.compare_digest(recomputed, point.hash):
         report.fail(chain, seq, f"chain {chain}: record {seq} differs from the checkpoint")

@@ -35,6 +35,10 @@ def decide(role: Role, rules: tuple[Rule, ...] | list[Rule], capability: Capabil
     for rule in applicable:
         if rule.deny:
             return Decision(False, f"explicit deny of {capability.value} on {rule.pattern}")
+    if capability is Capability.GRANT and any(r.deny for r in rules):
+        # Creating principals or granting could hand on what the fence withholds.
+        return Decision(False, "a principal fenced by an explicit deny cannot grant or create "
+                        "principals")
     spec = role.spec
     if capability not in spec.ceiling:
         return Decision(False, f"role {role.value} can never hold {capability.value}")

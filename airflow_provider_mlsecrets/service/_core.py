@@ -142,7 +142,9 @@ class Core:
                 "another write changed the same object at the same moment; run it again"
             ) from None
         except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-            if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):
+            message = str(exc.orig)
+            if ("no such table" in message or "does not exist" in message) \
+                    and "mlsecrets_" in message:
                 raise ConfigurationError(
                     f"the vault at {safe_url(self.settings.db_url)} is not initialised; "
                     "run 'mlsecrets init'"

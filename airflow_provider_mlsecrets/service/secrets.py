@@ -7,13 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.crypto import sealed as sealed_tokens
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import (
+    AccessDenied,
     ConfigurationError,
+    IntegrityError,
     InvalidInput,
     NotFound,
     VersionConflict,
@@ -165,8 +167,7 @@ class SecretsService:
         backend chain can go on to the next source; a secret that exists but is not granted
         is denied, so no other source can serve that name instead."""
         return self._open(caller, path, version, Capability.INJECT, "secret.inject",
-                          absent=lambda session: session.execute(
-                              select(Secret.id).where(Secret.path == path)).first() is None)
+                          absent=lambda session: _holds_name(session, path) is None)
 
     def seal(self, caller: Caller, path: str, value: bytes) -> str:
         """A sealed token for ``value`` bound to ``path`` (``write`` on the path); nothing is
@@ -219,6 +220,8 @@ class SecretsService:
         path = parse_path(path)
         with self._core.operation(caller, action, capability, path, version,
                                   absent=absent) as op:
+            if absent is not None:
+                self._refuse_if_held_but_unservable(op.session, path)
             secret = self._existing(op.session, path)
             if version is None:
                 if secret.current_version is None:
@@ -226,7 +229,11 @@ class SecretsService:
                 version = secret.current_version
             row = self._version_row(op.session, secret, version)
             if row.state == VersionState.DESTROYED.value:
-                raise NotFound(f"version {version} of {path} was destroyed")
+                if row.ciphertext is not None or row.wrapped_key is not None:
+                    raise IntegrityError(f"version {version} of {path} is marked destroyed "
+                                         "but still holds data: altered outside the vault")
+                error = AccessDenied if absent is not None else NotFound
+                raise error(f"version {version} of {path} was destroyed")
             op.version = version
             assert row.wrapped_key is not None and row.nonce is not None
             assert row.ciphertext is not None
@@ -235,6 +242,22 @@ class SecretsService:
                        ciphertext=row.ciphertext, format_version=row.format_version),
                 self._binding(op.session, path, version))
         return value
+
+    def _refuse_if_held_but_unservable(self, session: Session, path: str) -> None:
+        """For lookups that fall through to other sources on "not found": the vault holding
+        the name (in any letter case) but unable to serve it is a refusal, never a miss, so
+        no other source can serve that name instead (Airflow's environment backend
+        upper-cases ids; a deleted, destroyed or version-less secret is still ours)."""
+        held = _holds_name(session, path)
+        if held is None:
+            return
+        if held != path:
+            raise AccessDenied(f"the vault holds {held}, which differs from {path} only in "
+                               "case; refusing so that no other source serves this name")
+        secret = self._existing(session, path, include_deleted=True)
+        if secret.deleted_at is not None or secret.current_version is None:
+            raise AccessDenied(f"{path} is in the vault but cannot be served (deleted or no "
+                               "current version); refusing so that no other source serves it")
 
     def _set_deleted(self, caller: Caller, path: str, *, deleted: bool) -> None:
         path = parse_path(path)
@@ -322,3 +345,9 @@ def _erase(row: SecretVersion) -> None:
     row.wrapped_key = row.nonce = row.ciphertext = None
     row.state = VersionState.DESTROYED.value
     row.destroyed_at = utcnow()
+
+
+def _holds_name(session: Session, path: str) -> str | None:
+    """The path of a secret whose name equals ``path`` ignoring case, if there is one."""
+    return session.execute(select(Secret.path).where(
+        func.lower(Secret.path) == path.lower()).limit(1)).scalar_one_or_none()
