@@ -22,6 +22,7 @@ from tests.airflow_env import airflow_env as airflow_env  # the fixture
 
 API_KEY = "sk-inject-canary-91f3"
 SHORT = "q7z"
+ODD = 'p\u00e4"55w\u00f6rd-odd-canary\nsecond-line-canary'  # quote, non-ASCII, two lines
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def injected(airflow_env: AirflowEnv) -> AirflowEnv:
     vault.secrets.put(admin, "ml/openai/api_key", API_KEY.encode())
     vault.secrets.put(admin, "ml/short", SHORT.encode())
     vault.secrets.put(admin, "other/not_granted", b"never-served-canary")
+    vault.secrets.put(admin, "ml/odd", ODD.encode())
     vault.access.grant(admin, "airflow-pipeline", "ml/**", ["inject"])
     return airflow_env
 
@@ -79,7 +81,7 @@ def test_printed_returned_and_raised_values_are_redacted_refused_and_absent(
     assert "contains an injected secret, so it was not stored" in output
     raises = dags_test(injected, "mlsecrets_inject_raises")
     assert raises.returncode != 0
-    assert "the callable raised ValueError" in raises.stdout + raises.stderr
+    assert "the callable failed: it raised ValueError" in raises.stdout + raises.stderr
     for got in (leaky, raises):
         written = everything_written(injected, got)
         for canary in (API_KEY, SHORT + "\n", PASSWORD, HARMLESS):
@@ -188,3 +190,28 @@ def test_a_sealed_value_opens_in_the_task_and_not_under_another_path(
     assert "could not be authenticated" in bad.stdout + bad.stderr
     for got in (ok, bad):
         assert b"sealed-task-canary" not in everything_written(injected, got)
+
+
+def test_large_results_do_not_hang_and_odd_values_are_still_caught(injected: AirflowEnv,
+                                                                   tmp_path: Path) -> None:
+    big = dags_test(injected, "mlsecrets_inject_big", "-c",
+                    json.dumps({"out_dir": str(tmp_path)}))
+    assert big.returncode == 0, big.stdout[-3000:] + big.stderr[-3000:]
+    assert (tmp_path / "cwd.txt").read_text() == str(tmp_path)  # cwd applies to callables
+    output = big.stdout + big.stderr
+    assert "odd value follows:" in output
+    for line in ODD.splitlines():
+        assert line not in output  # each line of a multi-line value is redacted
+    odd = dags_test(injected, "mlsecrets_inject_big", "-c",
+                    json.dumps({"out_dir": str(tmp_path), "return_odd": "yes"}))
+    assert odd.returncode != 0  # JSON-escaped in the return value, still recognised
+    assert "contains an injected secret" in odd.stdout + odd.stderr
+    written = everything_written(injected, odd)
+    assert json.dumps(ODD).encode()[1:-1] not in written and b"second-line-canary" not in written
+
+
+def test_redactor_knows_json_escaped_forms() -> None:
+    redact = Redactor(['p\u00e4"ss'])
+    assert redact.contains_secret(json.dumps({"v": 'p\u00e4"ss'}), as_json=True)
+    assert redact.contains_secret(json.dumps({"v": 'p\u00e4"ss'}, ensure_ascii=False),
+                                  as_json=True)

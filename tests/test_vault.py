@@ -411,3 +411,20 @@ def test_inject_refuses_names_it_holds_but_cannot_serve(env: Env) -> None:
         session.execute(text("UPDATE mlsecrets_secret_versions SET state = 'destroyed'"))
     with pytest.raises(IntegrityError, match="marked destroyed"):
         env.vault.secrets.inject(etl, "connections/billing_db")
+
+
+def test_a_sealed_token_naming_another_key_fails_opaquely(env: Env) -> None:
+    import base64
+
+    from airflow_provider_mlsecrets import canonical
+    from airflow_provider_mlsecrets.crypto.sealed import PREFIX
+
+    token = env.vault.secrets.seal(env.admin, "ml/k", b"value")
+    body = token[len(PREFIX):]
+    fields = canonical.decode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    for label in (b"other-kek-9", b"evil\nlabel"):
+        forged = PREFIX + base64.urlsafe_b64encode(canonical.encode(
+            fields[0], label, *fields[2:])).decode().rstrip("=")
+        with pytest.raises(IntegrityError) as info:
+            env.vault.secrets.unseal(env.admin, "ml/k", forged)
+        assert str(info.value) == "the data could not be authenticated"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Sealed
@@ -19,6 +20,7 @@ from airflow_provider_mlsecrets.errors import IntegrityError
 from airflow_provider_mlsecrets.keys import KekId
 
 PREFIX = "mlsealed1."
+_KEK_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}-kek-[1-9][0-9]{0,8}")
 SEALED_VERSION = 0
 
 
@@ -39,6 +41,8 @@ def from_token(token: str) -> Sealed:
         body = token[len(PREFIX):]
         data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         version, kek_id, wrapped_key, nonce, ciphertext = canonical.decode(data)
+        if not _KEK_LABEL.fullmatch(kek_id.decode("ascii")):
+            raise ValueError("kek label")
         return Sealed(kek_id=KekId(kek_id.decode("ascii")), wrapped_key=wrapped_key,
                       nonce=nonce, ciphertext=ciphertext,
                       format_version=int.from_bytes(version, "big"))

@@ -4,6 +4,7 @@ minimum (down to :data:`MIN_LENGTH` characters)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
@@ -11,14 +12,26 @@ MIN_LENGTH = 2
 REPLACEMENT = "***"
 
 
+def _alternation(values: Iterable[str]) -> re.Pattern[str] | None:
+    ordered = sorted({v for v in values if len(v) >= MIN_LENGTH}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
 class Redactor:
+    """Replaces the given values in text; a multi-line value is given line by line too by
+    :func:`..resolve.resolve`, since output is redacted one line at a time."""
+
     def __init__(self, values: Iterable[str]) -> None:
-        secrets = sorted({v for v in values if len(v) >= MIN_LENGTH}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
-        self._values = tuple(secrets)
+        values = set(values)
+        self._pattern = _alternation(values)
+        # as they appear inside JSON text: escaped, with and without ASCII escapes
+        self._json_pattern = _alternation(
+            values | {json.dumps(v)[1:-1] for v in values}
+            | {json.dumps(v, ensure_ascii=False)[1:-1] for v in values})
 
     def __call__(self, text: str) -> str:
         return self._pattern.sub(REPLACEMENT, text) if self._pattern is not None else text
 
-    def contains_secret(self, text: str) -> bool:
-        return self._pattern is not None and self._pattern.search(text) is not None
+    def contains_secret(self, text: str, *, as_json: bool = False) -> bool:
+        pattern = self._json_pattern if as_json else self._pattern
+        return pattern is not None and pattern.search(text) is not None

@@ -25,7 +25,7 @@ _SECRET = re.compile(r"secret:(?P<path>[^@#]+)(?:@(?P<version>[1-9][0-9]{0,9}))?
                      r"(?:#(?P<field>[A-Za-z0-9_.\-]{1,128}))?")
 _CONN = re.compile(r"conn:(?P<id>[A-Za-z0-9_\-]{1,250})(?:\.(?P<field>[A-Za-z0-9_\-]{1,128}))?")
 _VAR = re.compile(r"var:(?P<key>[A-Za-z0-9_.\-]{1,250})")
-_SEALED = re.compile(r"sealed:(?P<path>[^:]+):(?P<token>mlsealed1\.[A-Za-z0-9_\-]{1,100000})")
+_SEALED = re.compile(r"sealed:(?P<path>[^:]+):(?P<token>mlsealed1\.[A-Za-z0-9_\-]+)")
 FORMS = "secret:PATH[@VERSION][#FIELD], conn:ID[.FIELD], var:KEY or sealed:PATH:TOKEN"
 
 

@@ -13,12 +13,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_mlsecrets.errors import MLSecretsError
+from airflow_provider_mlsecrets.errors import (
+    AuditError,
+    KeyMissing,
+    KeyProviderError,
+    MLSecretsError,
+    StoreError,
+)
 from airflow_provider_mlsecrets.injection.references import CONN_FIELDS, Reference
 
 
 class ResolutionError(Exception):
-    """A reference could not be turned into a value; the message names only the reference."""
+    """A reference could not be turned into a value; the message names only the reference.
+    ``retryable``: the vault could not be reached (worth a retry), as opposed to a refusal."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass
@@ -32,7 +43,11 @@ def resolve(refs: dict[str, Reference], hook: Any) -> Resolved:
     for name, ref in refs.items():
         value, derived = _resolve_one(ref, hook)
         out.env[name] = value
-        out.sensitive.update(v for v in (value, *derived) if v)
+        for text in (value, *derived):
+            if text:
+                out.sensitive.add(text)
+                # output is redacted line by line, so each line of a multi-line value too
+                out.sensitive.update(line for line in text.splitlines() if len(line) >= 2)
     from airflow_provider_mlsecrets.secrets.backend import _mask
 
     for value in out.sensitive:
@@ -52,6 +67,10 @@ def _resolve_one(ref: Reference, hook: Any) -> tuple[str, list[str]]:
         return _variable(ref), []
     except ResolutionError:
         raise
+    except (StoreError, KeyProviderError, AuditError) as exc:
+        if isinstance(exc, KeyMissing):
+            raise ResolutionError(f"{ref}: {exc}") from None
+        raise ResolutionError(f"{ref}: the vault is unavailable ({exc})", retryable=True) from None
     except MLSecretsError as exc:
         raise ResolutionError(f"{ref}: {exc}") from None
     except Exception as exc:  # Airflow's not-found and access-denied types, among others

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import threading
 import time
@@ -156,11 +157,14 @@ def _load(module: str) -> Any:
         ) from None
 
 
-def _reinitialise(module: str) -> None:
+def reinitialise(module: str) -> None:
     """Finalise and initialise ``module``: every session this process held on any of its
     tokens is gone after this, so they are all forgotten and log in again on next use."""
     for key in [k for k in _SHARED if k[0] == module]:
         del _SHARED[key]
+    # python-pkcs11 closes finished searches in finalizers: run them while their sessions
+    # still exist, not later against handles the finalise below makes invalid
+    gc.collect()
     lib = _load(module)
     with contextlib.suppress(p11e.PKCS11Error):
         lib.finalize()  # fails in a reset_on_fork child: initialising is what matters
@@ -177,13 +181,13 @@ def _login(address: TokenAddress) -> Any:
     pin = address.read_pin()
     with _file_lock(address.lock_file):
         if address.module in _STALE:
-            _reinitialise(address.module)
+            reinitialise(address.module)
         for attempt in range(LOGIN_ATTEMPTS):
             try:
                 return _open(address, pin)
             except TORN_TOKEN as exc:
                 last: Exception = exc
-                _reinitialise(address.module)
+                reinitialise(address.module)
                 time.sleep(0.05 * (attempt + 1))
     if isinstance(last, p11e.NoSuchToken):
         raise describe_missing_token(address) from None

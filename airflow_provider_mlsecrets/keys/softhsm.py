@@ -91,7 +91,7 @@ def _set_real_pins(module: str, conf: Path, label: str, old_so: str, old_user: s
     user_pin, so_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     with _session.PROCESS_LOCK:
         lib = pkcs11.lib(module)
-        lib.reinitialize()  # pick up the token that was just created
+        _session.reinitialise(module)  # pick up the token that was just created
         token = lib.get_token(token_label=label)
         with token.open(rw=True, user_pin=old_user) as session:
             session.set_pin(old_user, user_pin)

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -50,7 +51,7 @@ class InjectSecretsOperator(BaseOperator):
     :param mlsecrets_conn_id: the ``mlsecrets`` connection for ``secret:`` references
     """
 
-    template_fields: Sequence[str] = ("env", "command", "base_env", "cwd")
+    template_fields: Sequence[str] = ("env", "command", "base_env", "cwd", "op_args", "op_kwargs")
     ui_color = "#e8f0e0"
 
     def __init__(self, *, env: dict[str, str],
@@ -65,9 +66,12 @@ class InjectSecretsOperator(BaseOperator):
             raise ValueError("give exactly one of command and python_callable")
         if isinstance(command, str) and not shell:
             raise ValueError("a command string needs shell=True; prefer an argv list")
-        if not any("{{" in str(v) for v in env.values()):
+        if not isinstance(env, dict) or not env:
+            raise ValueError("env must be a non-empty dict of {ENV_NAME: reference}")
+        literal = {k: v for k, v in env.items() if "{{" not in str(v)}
+        if literal:  # a typo fails the DAG file, not the run; templated ones wait for rendering
             try:
-                parse_env(env)  # a typo fails the DAG file, not the run
+                parse_env(literal)
             except InvalidInput as exc:
                 raise ValueError(str(exc)) from None
         self.env = env
@@ -90,6 +94,13 @@ class InjectSecretsOperator(BaseOperator):
         assert self.python_callable is not None
         return self._run_callable(child_env, redactor)
 
+    def on_kill(self) -> None:
+        """The child holds the secrets: it goes when the task is killed."""
+        child = getattr(self, "_child", None)
+        if child is not None and (child.poll() is None if isinstance(child, subprocess.Popen)
+                                  else child.is_alive()):
+            child.terminate()
+
     # -- the child ---------------------------------------------------------------------
     def _run_command(self, child_env: dict[str, str], redactor: Redactor) -> None:
         try:
@@ -98,10 +109,14 @@ class InjectSecretsOperator(BaseOperator):
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as exc:
             raise AirflowException(f"cannot start the command ({exc.strerror})") from None
+        self._child: Any = process
         assert process.stdout is not None
-        for line in process.stdout:
-            self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
-        code = process.wait()
+        try:
+            self._log_output(process.stdout, redactor)
+            code = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
         if code != 0:
             raise AirflowException(f"the command exited with status {code}")
 
@@ -110,23 +125,39 @@ class InjectSecretsOperator(BaseOperator):
         receive, send = context.Pipe(duplex=False)
         read_fd, write_fd = os.pipe()
         child = context.Process(target=_child_main, args=(
-            self.python_callable, self.op_args, self.op_kwargs, child_env, write_fd, send))
+            self.python_callable, self.op_args, self.op_kwargs, child_env, self.cwd, write_fd,
+            send))
         child.start()
+        self._child = child
         os.close(write_fd)
         send.close()
+        # The output is read on its own thread while the result is received here, so a
+        # large result cannot block a child whose output nobody reads (or the reverse).
         with os.fdopen(read_fd, "rb") as output:
-            for line in output:
-                self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
-        child.join()
-        outcome, payload = receive.recv() if receive.poll() else ("error", "no result")
+            reader = threading.Thread(target=self._log_output, args=(output, redactor))
+            reader.start()
+            try:
+                outcome, payload = receive.recv()
+            except EOFError:
+                outcome, payload = "died", ""
+            finally:
+                child.join()
+                reader.join()
+        if outcome == "died":
+            raise AirflowException(f"the callable's process ended without a result (exit code "
+                                   f"{child.exitcode})")
         if outcome != "ok":
-            raise AirflowException(f"the callable raised {payload} (its traceback, redacted, "
-                                   "is in the log above)")
-        if redactor.contains_secret(payload):
+            raise AirflowException(f"the callable failed: {payload} (details, redacted, are in "
+                                   "the log above)")
+        if redactor.contains_secret(payload, as_json=True):
             raise AirflowFailException(
                 "the callable's return value contains an injected secret, so it was not "
                 "stored; return a size, a flag or a salted hash instead")
         return json.loads(payload)
+
+    def _log_output(self, stream: Any, redactor: Redactor) -> None:
+        for line in stream:
+            self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
 
 
 def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_default") -> Any:
@@ -142,6 +173,8 @@ def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_defa
     try:
         return resolve(refs, MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id))
     except ResolutionError as exc:
+        if exc.retryable:  # an outage: the task's retries apply
+            raise AirflowException(f"mlsecrets: {exc}") from None
         raise AirflowFailException(f"mlsecrets: {exc}") from None
 
 
@@ -150,7 +183,7 @@ def clean_base_env() -> dict[str, str]:
 
 
 def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                env: dict[str, str], out_fd: int, send: Any) -> None:
+                env: dict[str, str], cwd: str | None, out_fd: int, send: Any) -> None:
     """In the forked child: our own environment and output, run, report, leave."""
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
@@ -159,18 +192,21 @@ def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
     os.environ.update(env)
+    report: tuple[str, str]
     try:
+        if cwd:
+            os.chdir(cwd)
         result = fn(*args, **kwargs)
-        send.send(("ok", json.dumps(result)))
-    except TypeError as exc:
-        if "JSON serializable" in str(exc):
-            send.send(("error", "a return value that is not JSON"))
-        else:
-            traceback.print_exc()
-            send.send(("error", type(exc).__name__))
+        try:
+            report = ("ok", json.dumps(result))
+        except (TypeError, ValueError):
+            print("mlsecrets: the return value is not JSON-serialisable", file=sys.stderr)
+            report = ("error", "its return value is not JSON-serialisable")
     except BaseException as exc:
         traceback.print_exc()
-        send.send(("error", type(exc).__name__))
+        report = ("error", f"it raised {type(exc).__name__}")
+    try:
+        send.send(report)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -17,6 +17,7 @@ from airflow_provider_mlsecrets.errors import (
     ConfigurationError,
     IntegrityError,
     InvalidInput,
+    KeyMissing,
     NotFound,
     VersionConflict,
 )
@@ -185,9 +186,12 @@ class SecretsService:
         vault, or altered, raises :class:`IntegrityError` and is audited as an error."""
         path = parse_path(path)
         with self._core.operation(caller, "secret.unseal", Capability.INJECT, path) as op:
-            value = self.envelope.open(
-                sealed_tokens.from_token(token),
-                sealed_tokens.binding(self._core.vault_id(op.session), path))
+            try:
+                value = self.envelope.open(
+                    sealed_tokens.from_token(token),
+                    sealed_tokens.binding(self._core.vault_id(op.session), path))
+            except KeyMissing:  # a token naming a key we never had: tampered, opaquely
+                raise IntegrityError("the data could not be authenticated") from None
         return value
 
     def list(self, caller: Caller, prefix: str = "", *,

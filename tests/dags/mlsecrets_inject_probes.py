@@ -85,3 +85,26 @@ def sealed() -> None:
 
 
 sealed()
+
+
+def big_and_odd(out_dir: str) -> dict[str, Any]:
+    value = os.environ["ODD"]
+    print("odd value follows:")
+    print(value)
+    with open(os.path.join(out_dir, "cwd.txt"), "w") as handle:
+        handle.write(os.getcwd())
+    if os.environ.get("RETURN_ODD") == "yes":
+        return {"odd": value}
+    return {"blob": "x" * 300_000}
+
+
+@dag(dag_id="mlsecrets_inject_big", schedule=None, start_date=START, catchup=False,
+     params={"out_dir": "", "return_odd": "no"})
+def big() -> None:
+    InjectSecretsOperator(task_id="big", env={"ODD": "secret:ml/odd"}, retries=0,
+                          python_callable=big_and_odd, op_args=["{{ params.out_dir }}"],
+                          cwd="{{ params.out_dir }}",
+                          base_env={"RETURN_ODD": "{{ params.return_odd }}"})
+
+
+big()
