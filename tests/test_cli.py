@@ -207,3 +207,18 @@ def test_json_is_accepted_before_and_after_the_subcommand(cli: Cli) -> None:
 def test_an_empty_variable_does_not_hide_the_config_file(cli: Cli) -> None:
     assert json.loads(cli.ok("status", "--json", MLSECRETS_PKCS11_MODULE=""))["pkcs11_module"]
 
+
+
+def test_key_rotate_through_the_cli(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    cli.ok("init", "--dev")
+    for i in range(3):
+        cli.ok("secret", "put", f"k/s{i}", "--stdin", stdin=f"v{i}".encode())
+    report = json.loads(cli.ok("key", "rotate", "--json"))
+    assert (report["current"], report["rewrapped"], report["disabled"]) == (
+        "mlsecrets-kek-2", 3, ["mlsecrets-kek-1"])
+    assert json.loads(cli.ok("key", "rotate", "--resume", "--json"))["rewrapped"] == 0
+    keys = {k["label"]: k for k in json.loads(cli.ok("key", "list", "--json"))}
+    assert keys["mlsecrets-kek-1"]["state"] == "disabled"
+    assert keys["mlsecrets-kek-2"]["versions_wrapped"] == 3
+    assert [cli.ok("secret", "get", f"k/s{i}") for i in range(3)] == ["v0", "v1", "v2"]

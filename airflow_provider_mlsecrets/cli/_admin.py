@@ -34,6 +34,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     key_sub = key.add_subparsers(dest="action", metavar="ACTION", required=True)
     key_sub.add_parser("list", parents=[common], help="list key versions"
                        ).set_defaults(handler=_key_list)
+    rotate = key_sub.add_parser(
+        "rotate", parents=[common],
+        help="create KEK n+1 and re-wrap every data key under it (no payload is decrypted)")
+    rotate.add_argument("--resume", action="store_true",
+                        help="only finish an interrupted rotation; create no new key")
+    rotate.set_defaults(handler=_key_rotate)
 
 
 def _init(args: argparse.Namespace, ctx: Context) -> None:
@@ -70,6 +76,19 @@ def _init(args: argparse.Namespace, ctx: Context) -> None:
 
 def _status(args: argparse.Namespace, ctx: Context) -> None:
     ctx.output.fields(ctx.vault.status(ctx.caller))
+
+
+def _key_rotate(args: argparse.Namespace, ctx: Context) -> None:
+    keys = ctx.vault.keys
+    created = False if args.resume else keys.start(ctx.caller)
+    with ctx.output.progress("re-wrapping data keys", keys.pending(ctx.caller)) as advance:
+        report = keys.finish(ctx.caller, created=created, progress=advance)
+    lines = [f"current key: {report.current}" + (" (new)" if report.created else ""),
+             f"data keys re-wrapped: {report.rewrapped}",
+             "disabled: " + (", ".join(report.disabled) or "nothing")]
+    if report.disabled:
+        lines.append("sealed values made under a disabled key no longer open: seal them again")
+    ctx.output.message("\n".join(lines), report)
 
 
 def _key_list(args: argparse.Namespace, ctx: Context) -> None:

@@ -14,7 +14,6 @@ from airflow_provider_mlsecrets.crypto import sealed as sealed_tokens
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import (
     AccessDenied,
-    ConfigurationError,
     IntegrityError,
     InvalidInput,
     KeyMissing,
@@ -26,9 +25,8 @@ from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.service._integrity import check_secret, seal_secret
+from airflow_provider_mlsecrets.service.keys import check_usable, current_kek
 from airflow_provider_mlsecrets.store.models import (
-    Kek,
-    KeyState,
     Secret,
     SecretVersion,
     VersionState,
@@ -109,7 +107,7 @@ class SecretsService:
             if owner is not None:
                 secret.owner = owner
             version = secret.latest_version + 1
-            kek = self._current_kek(op.session)
+            kek = KekId(current_kek(op.session).label)
             sealed = self.envelope.seal(value, self._binding(op.session, path, version), kek)
             for older in op.session.scalars(select(SecretVersion).where(
                     SecretVersion.secret_id == secret.id,
@@ -176,7 +174,7 @@ class SecretsService:
         path = parse_path(path)
         self._check_value(value)
         with self._core.operation(caller, "secret.seal", Capability.WRITE, path) as op:
-            kek = self._current_kek(op.session)
+            kek = KekId(current_kek(op.session).label)
             sealed = self.envelope.seal(
                 value, sealed_tokens.binding(self._core.vault_id(op.session), path), kek)
             return sealed_tokens.to_token(sealed)
@@ -187,8 +185,10 @@ class SecretsService:
         path = parse_path(path)
         with self._core.operation(caller, "secret.unseal", Capability.INJECT, path) as op:
             try:
+                sealed = sealed_tokens.from_token(token)
+                check_usable(op.session, sealed.kek_id)
                 value = self.envelope.open(
-                    sealed_tokens.from_token(token),
+                    sealed,
                     sealed_tokens.binding(self._core.vault_id(op.session), path))
             except KeyMissing:  # a token naming a key we never had: tampered, opaquely
                 raise IntegrityError("the data could not be authenticated") from None
@@ -239,6 +239,7 @@ class SecretsService:
                 error = AccessDenied if absent is not None else NotFound
                 raise error(f"version {version} of {path} was destroyed")
             op.version = version
+            check_usable(op.session, row.kek_id)
             assert row.wrapped_key is not None and row.nonce is not None
             assert row.ciphertext is not None
             value = self.envelope.open(
@@ -320,14 +321,6 @@ class SecretsService:
         if row is None:
             raise NotFound(f"{secret.path} has no version {version}")
         return row
-
-    @staticmethod
-    def _current_kek(session: Session) -> KekId:
-        label = session.execute(
-            select(Kek.label).where(Kek.state == KeyState.CURRENT.value)).scalar_one_or_none()
-        if label is None:
-            raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
-        return KekId(label)
 
     def _prune(self, session: Session, secret: Secret) -> builtins.list[int]:
         """Destroy the oldest kept versions beyond the configured number."""

@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.service.access import (
     parse_name,
 )
 from airflow_provider_mlsecrets.service.audit import AuditService
+from airflow_provider_mlsecrets.service.keys import KeyService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
 from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store import migrate, models
@@ -60,6 +61,7 @@ class Vault:
         self.secrets = SecretsService(self.core)
         self.access = AccessService(self.core)
         self.audit = AuditService(self.core)
+        self.keys = KeyService(self.core, lambda: self.secrets.envelope)
 
     @classmethod
     def from_environment(cls) -> Vault:

@@ -1,0 +1,153 @@
+"""Key-encryption-key rotation, online and resumable.
+
+1. ``key.rotate``: KEK n+1 is generated in the HSM and becomes current in one transaction
+   (new versions are sealed under it at once); the old one becomes ``retired`` and still
+   unwraps.
+2. ``key.rewrap``: data keys still under a retired KEK are unwrapped and wrapped again under
+   the current one in batches, each batch one transaction with its audit record. No payload
+   is decrypted: the payload's associated data does not name the KEK (crypto/envelope.py).
+   A row is updated only if it still holds what was read, so reads and writes go on, and a
+   crash loses at most the batch in flight: running ``key rotate`` again resumes here.
+3. ``key.disable``: a retired KEK that no data key references is marked ``disabled``; the
+   vault never unwraps under a disabled KEK again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
+from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, KeyMissing
+from airflow_provider_mlsecrets.keys import KekId, kek_label
+from airflow_provider_mlsecrets.policy.roles import Capability
+from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
+from airflow_provider_mlsecrets.store.models import Kek, KeyState, Secret, SecretVersion
+
+BATCH = 200
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    current: str
+    created: bool
+    rewrapped: int
+    disabled: list[str]
+
+
+class KeyService:
+    def __init__(self, core: Core, envelope: Callable[[], Envelope]) -> None:
+        self._core = core
+        self._envelope = envelope
+
+    def pending(self, caller: Caller) -> int:
+        """How many data keys are still wrapped by a KEK that is not current."""
+        with self._core.operation(caller, "key.pending", Capability.LIST) as op:
+            current = current_kek(op.session)
+            return int(op.session.execute(select(func.count()).select_from(SecretVersion).where(
+                SecretVersion.wrapped_key.is_not(None),
+                SecretVersion.kek_id != current.label)).scalar_one())
+
+    def rotate(self, caller: Caller, *, new_version: bool = True,
+               progress: Progress | None = None) -> RotationReport:
+        """Rotate (or, with ``new_version=False``, only finish an interrupted rotation)."""
+        created = self.start(caller) if new_version else False
+        return self.finish(caller, created=created, progress=progress)
+
+    def start(self, caller: Caller) -> bool:
+        """Step 1: a new current KEK."""
+        return self._create_next(caller)
+
+    def finish(self, caller: Caller, *, created: bool = False,
+               progress: Progress | None = None) -> RotationReport:
+        """Steps 2 and 3: re-wrap what the retired KEKs still wrap, then disable them."""
+        rewrapped = 0
+        while True:
+            done = self._rewrap_batch(caller)
+            if done == 0:
+                break
+            rewrapped += done
+            if progress is not None:
+                progress(done)
+        disabled = self._disable_unused(caller)
+        with self._core.transaction() as session:
+            current = current_kek(session).label
+        return RotationReport(current=current, created=created, rewrapped=rewrapped,
+                              disabled=disabled)
+
+    # -- the three steps ---------------------------------------------------------------
+    def _create_next(self, caller: Caller) -> bool:
+        with self._core.operation(caller, "key.rotate", Capability.ROTATE) as op:
+            old = current_kek(op.session, lock=True)
+            version = old.version + 1
+            label = kek_label(self._core.settings.key_prefix, version)
+            try:
+                self._core.keys.describe(label)  # left by a rotation that crashed here
+            except KeyMissing:
+                self._core.keys.create_kek(version)
+            old.state = KeyState.RETIRED.value
+            op.session.add(Kek(version=version, label=label, state=KeyState.CURRENT.value,
+                               created_at=utcnow()))
+            op.reason += f"; {label} is current, {old.label} retired"
+            return True
+
+    def _rewrap_batch(self, caller: Caller) -> int:
+        with self._core.operation(caller, "key.rewrap", Capability.ROTATE) as op:
+            current = KekId(current_kek(op.session).label)
+            vault_id = self._core.vault_id(op.session)
+            rows = op.session.execute(
+                select(SecretVersion, Secret.path).join(Secret)
+                .where(SecretVersion.wrapped_key.is_not(None), SecretVersion.kek_id != current)
+                .order_by(SecretVersion.id).limit(BATCH)).all()
+            envelope = self._envelope()
+            for row, path in rows:
+                assert row.wrapped_key is not None and row.nonce is not None
+                assert row.ciphertext is not None
+                old = Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
+                             nonce=row.nonce, ciphertext=row.ciphertext,
+                             format_version=row.format_version)
+                new = envelope.rewrap(old, Binding(vault_id, path, row.version), current)
+                op.session.execute(
+                    update(SecretVersion)
+                    .where(SecretVersion.id == row.id, SecretVersion.kek_id == old.kek_id,
+                           SecretVersion.wrapped_key == old.wrapped_key)
+                    .values(kek_id=new.kek_id, wrapped_key=new.wrapped_key)
+                    .execution_options(synchronize_session=False))
+            op.reason += f"; {len(rows)} data keys re-wrapped under {current}"
+            return len(rows)
+
+    def _disable_unused(self, caller: Caller) -> list[str]:
+        with self._core.operation(caller, "key.disable", Capability.ROTATE) as op:
+            used = set(op.session.scalars(select(SecretVersion.kek_id).where(
+                SecretVersion.wrapped_key.is_not(None)).distinct()))
+            disabled = []
+            for kek in op.session.scalars(select(Kek).where(
+                    Kek.state == KeyState.RETIRED.value)):
+                if kek.label not in used:
+                    kek.state = KeyState.DISABLED.value
+                    disabled.append(kek.label)
+            op.reason += "; disabled " + (", ".join(disabled) or "nothing")
+            return disabled
+
+
+def current_kek(session: Session, *, lock: bool = False) -> Kek:
+    """The KEK new versions are sealed under (locked for a rotation)."""
+    query = select(Kek).where(Kek.state == KeyState.CURRENT.value)
+    if lock:
+        query = query.with_for_update()
+    kek = session.execute(query).scalar_one_or_none()
+    if kek is None:
+        raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
+    return kek
+
+
+def check_usable(session: Session, label: str) -> None:
+    """Refuse a KEK the store does not list as current or retired (a disabled key, or a
+    label written into a row or token from elsewhere)."""
+    state = session.execute(select(Kek.state).where(Kek.label == label)).scalar_one_or_none()
+    if state not in (KeyState.CURRENT.value, KeyState.RETIRED.value):
+        raise IntegrityError("the data could not be authenticated")
