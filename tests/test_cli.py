@@ -222,3 +222,16 @@ def test_key_rotate_through_the_cli(tmp_path: Path) -> None:
     assert keys["mlsecrets-kek-1"]["state"] == "disabled"
     assert keys["mlsecrets-kek-2"]["versions_wrapped"] == 3
     assert [cli.ok("secret", "get", f"k/s{i}") for i in range(3)] == ["v0", "v1", "v2"]
+
+
+def test_a_failed_init_leaves_no_token_file(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    cli.ok("init", "--dev")
+    db = sqlite3.connect(cli.home / "vault.db")  # an engineer's row altered: none is active
+    db.execute("UPDATE mlsecrets_principals SET role = 'security_engineer', name = 'x'")
+    db.execute("DELETE FROM mlsecrets_audit_head")
+    db.commit()
+    db.close()
+    out = tmp_path / "new.token"
+    result = cli("init", "--admin", "recovery", "--token-out", str(out))
+    assert result.returncode == 1 and not out.exists()

@@ -57,10 +57,12 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
            checkpoint: Checkpoint | None = None, all_seals: bool = False,
            progress: Progress | None = None) -> Report:
     report = Report()
-    # FOR SHARE: no record is appended while the trail is read, so the heads and the
-    # records are one consistent picture (SQLite's write lock already gives that).
+    # FOR UPDATE: no record is appended while the trail is read, so the heads and the
+    # records are one consistent picture (SQLite's write lock already gives that). Exclusive,
+    # not shared: the verification appends its own record afterwards, and two shared
+    # holders both waiting to upgrade would deadlock.
     heads = {h.chain: h for h in connection.execute(
-        select(AuditHead).with_for_update(read=True)).all()}
+        select(AuditHead).with_for_update()).all()}
     if not heads:
         report.fail(0, None, "there is no audit chain at all: the trail was removed, or the "
                     "vault was never initialised")

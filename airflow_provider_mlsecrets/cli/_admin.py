@@ -60,7 +60,18 @@ def _init(args: argparse.Namespace, ctx: Context) -> None:
                         f"{settings.home}; settings recorded in {config_path}")
         ctx.reset()
     token_out = args.token_out or ctx.settings.home / "admin.token"
-    result = ctx.vault.initialise(args.admin, lambda token: write_private(token_out, token + "\n"))
+    delivered: list[Path] = []
+
+    def deliver(token: str) -> None:
+        write_private(token_out, token + "\n")
+        delivered.append(token_out)
+
+    try:
+        result = ctx.vault.initialise(args.admin, deliver)
+    except BaseException:
+        for path in delivered:  # the engineer was not created: its token must not linger
+            path.unlink(missing_ok=True)
+        raise
     if not result.changed:
         ctx.output.message(f"vault {result.vault_id} is already initialised; nothing changed",
                            {"vault_id": result.vault_id, "changed": False, "created": []})

@@ -41,7 +41,7 @@ def from_token(token: str) -> Sealed:
         body = token[len(PREFIX):]
         data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         version, kek_id, wrapped_key, nonce, ciphertext = canonical.decode(data)
-        if not _KEK_LABEL.fullmatch(kek_id.decode("ascii")):
+        if len(version) != 8 or not _KEK_LABEL.fullmatch(kek_id.decode("ascii")):
             raise ValueError("kek label")
         return Sealed(kek_id=KekId(kek_id.decode("ascii")), wrapped_key=wrapped_key,
                       nonce=nonce, ciphertext=ciphertext,

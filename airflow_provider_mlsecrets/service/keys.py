@@ -105,8 +105,9 @@ class KeyService:
                 .order_by(SecretVersion.id).limit(BATCH)).all()
             envelope = self._envelope()
             for row, path in rows:
-                assert row.wrapped_key is not None and row.nonce is not None
-                assert row.ciphertext is not None
+                if row.nonce is None or row.ciphertext is None or row.wrapped_key is None:
+                    raise IntegrityError(f"version {row.version} of {path} is incomplete: "
+                                         "altered outside the vault")
                 old = Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
                              nonce=row.nonce, ciphertext=row.ciphertext,
                              format_version=row.format_version)

@@ -240,8 +240,9 @@ class SecretsService:
                 raise error(f"version {version} of {path} was destroyed")
             op.version = version
             check_usable(op.session, row.kek_id)
-            assert row.wrapped_key is not None and row.nonce is not None
-            assert row.ciphertext is not None
+            if row.wrapped_key is None or row.nonce is None or row.ciphertext is None:
+                raise IntegrityError(f"version {version} of {path} has no data but is not "
+                                     "marked destroyed: altered outside the vault")
             value = self.envelope.open(
                 Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
                        ciphertext=row.ciphertext, format_version=row.format_version),
@@ -346,5 +347,6 @@ def _erase(row: SecretVersion) -> None:
 
 def _holds_name(session: Session, path: str) -> str | None:
     """The path of a secret whose name equals ``path`` ignoring case, if there is one."""
-    return session.execute(select(Secret.path).where(
-        func.lower(Secret.path) == path.lower()).limit(1)).scalar_one_or_none()
+    held = session.scalars(select(Secret.path).where(
+        func.lower(Secret.path) == path.lower())).all()
+    return path if path in held else (held[0] if held else None)
