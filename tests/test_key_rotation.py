@@ -116,3 +116,75 @@ def test_a_row_pointed_at_a_disabled_key_is_refused(env: Env) -> None:
                         {"old": f"{env.settings.key_prefix}-kek-1"})
     with pytest.raises(IntegrityError):
         env.vault.secrets.read(env.admin, "rot/x")
+
+
+def _seed(env: Env, count: int) -> dict[str, bytes]:
+    """Many secrets quickly: sealed and MAC'd exactly as the vault does, in one transaction
+    (set-up only; what is under test is the rotation that follows)."""
+    from airflow_provider_mlsecrets.crypto.envelope import Binding
+    from airflow_provider_mlsecrets.keys import KekId
+    from airflow_provider_mlsecrets.service._core import utcnow
+    from airflow_provider_mlsecrets.service._integrity import seal_secret
+    from airflow_provider_mlsecrets.store.models import Secret
+
+    core, envelope = env.vault.core, env.vault.secrets.envelope
+    values = {f"bulk/s{i:05d}": f"bulk-value-{i}".encode() for i in range(count)}
+    with core.transaction() as session:
+        vault_id, kek = core.vault_id(session), KekId(key_service.current_kek(session).label)
+        now = utcnow()
+        for path, value in values.items():
+            secret = Secret(path=path, description="", owner="", tags="{}", latest_version=1,
+                            current_version=1, created_at=now, updated_at=now)
+            session.add(secret)
+            session.flush()
+            sealed = envelope.seal(value, Binding(vault_id, path, 1), kek)
+            session.add(SecretVersion(
+                secret_id=secret.id, version=1, state="current", format_version=1,
+                kek_id=sealed.kek_id, wrapped_key=sealed.wrapped_key, nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext, created_by="seed", created_at=now))
+            seal_secret(core.keys, vault_id, secret)
+    return values
+
+
+def _read_until(env: Env, values: dict[str, bytes], stop_file: str) -> list[str]:
+    """A second process reading random secrets until told to stop; returns what went wrong."""
+    import os
+    import random
+
+    from airflow_provider_mlsecrets.service import Vault
+
+    vault, problems, reads = Vault(env.settings), [], 0
+    paths = list(values)
+    while not os.path.exists(stop_file) and reads < 5000:
+        path = random.choice(paths)
+        try:
+            if vault.secrets.read(env.admin, path) != values[path]:
+                problems.append(f"wrong value at {path}")
+        except Exception as exc:
+            problems.append(f"{type(exc).__name__}: {exc}")
+        reads += 1
+    return problems if reads else ["the reader never read"]
+
+
+def test_rotating_ten_thousand_data_keys_while_another_process_reads(env: Env,
+                                                                    tmp_path: object) -> None:
+    import multiprocessing
+    from pathlib import Path
+
+    values = _seed(env, 10_000)
+    stop = Path(str(tmp_path)) / "stop"
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    reader = context.Process(  # forked: nothing is pickled on the way in
+        target=lambda: queue.put(_read_until(env, values, str(stop))))
+    reader.start()
+    try:
+        report = env.vault.keys.rotate(env.admin)
+    finally:
+        stop.touch()
+    problems = queue.get(timeout=300)
+    reader.join(timeout=60)
+    assert problems == []
+    assert report.rewrapped == 10_000 and env.vault.keys.pending(env.admin) == 0
+    for path in list(values)[::997]:
+        assert env.vault.secrets.read(env.admin, path) == values[path]
