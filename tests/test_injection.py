@@ -215,3 +215,17 @@ def test_redactor_knows_json_escaped_forms() -> None:
     assert redact.contains_secret(json.dumps({"v": 'p\u00e4"ss'}), as_json=True)
     assert redact.contains_secret(json.dumps({"v": 'p\u00e4"ss'}, ensure_ascii=False),
                                   as_json=True)
+
+
+def test_background_grandchildren_neither_hang_the_task_nor_outlive_it(
+        injected: AirflowEnv, tmp_path: Path) -> None:
+    import time
+
+    marker = tmp_path / "grandchild-survived"
+    got = dags_test(injected, "mlsecrets_inject_grandchild", "-c",
+                    json.dumps({"marker": str(marker)}))
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    time.sleep(1)  # had the task waited for the 30-second sleepers, the markers would exist
+    assert not marker.exists() and not Path(f"{marker}.cmd").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(marker) not in ps.stdout  # the sleepers were stopped with the task

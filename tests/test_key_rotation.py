@@ -188,3 +188,36 @@ def test_rotating_ten_thousand_data_keys_while_another_process_reads(env: Env,
     assert report.rewrapped == 10_000 and env.vault.keys.pending(env.admin) == 0
     for path in list(values)[::997]:
         assert env.vault.secrets.read(env.admin, path) == values[path]
+
+
+def test_a_damaged_data_key_is_set_aside_and_the_rest_rotates(env: Env) -> None:
+    env.vault.secrets.put(env.admin, "rot/bad", b"bad")
+    env.vault.secrets.put(env.admin, "rot/good", b"good")
+    with env.vault.core.transaction() as session:
+        row = session.scalars(select(SecretVersion).order_by(SecretVersion.id)).first()
+        assert row is not None and row.wrapped_key is not None
+        row.wrapped_key = bytes([row.wrapped_key[0] ^ 1]) + row.wrapped_key[1:]
+    report = env.vault.keys.rotate(env.admin)
+    assert (report.rewrapped, report.failed, report.disabled) == (1, ["rot/bad v1"], [])
+    assert env.vault.secrets.read(env.admin, "rot/good") == b"good"
+    prefix = env.settings.key_prefix
+    states = {k.label: k.state for k in env.vault.key_list(env.admin)}
+    assert states[f"{prefix}-kek-1"] == "retired"  # still referenced: stays enabled
+    rewrap = [r for r in env.vault.audit.tail(env.admin, 50) if r.action == "key.rewrap"]
+    assert any("rot/bad v1" in r.reason for r in rewrap)
+
+
+def test_keep_retired_leaves_sealed_values_working_and_disabled_rows_are_never_rewrapped(
+        env: Env) -> None:
+    token = env.vault.secrets.seal(env.admin, "rot/sealed", b"still-opens")
+    env.vault.secrets.put(env.admin, "rot/x", b"v")
+    report = env.vault.keys.rotate(env.admin, disable=False)
+    assert report.disabled == []
+    assert env.vault.secrets.unseal(env.admin, "rot/sealed", token) == b"still-opens"
+    report = env.vault.keys.rotate(env.admin)  # kek-3; kek-1 and kek-2 now disabled
+    with env.vault.core.transaction() as session:  # a backup row under kek-1 put back
+        session.execute(text("UPDATE mlsecrets_secret_versions SET kek_id = :old"),
+                        {"old": f"{env.settings.key_prefix}-kek-1"})
+    assert env.vault.keys.rotate(env.admin, new_version=False).rewrapped == 0
+    with pytest.raises(IntegrityError):
+        env.vault.secrets.read(env.admin, "rot/x")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlsecrets._files import write_private
-from airflow_provider_mlsecrets.errors import ConfigurationError
+from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError
 from airflow_provider_mlsecrets.keys.softhsm import provision
 from airflow_provider_mlsecrets.settings import CONFIG_FILE
 
@@ -39,6 +39,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="create KEK n+1 and re-wrap every data key under it (no payload is decrypted)")
     rotate.add_argument("--resume", action="store_true",
                         help="only finish an interrupted rotation; create no new key")
+    rotate.add_argument("--keep-retired", action="store_true",
+                        help="do not disable retired keys (sealed values made under them "
+                             "keep opening)")
     rotate.set_defaults(handler=_key_rotate)
 
 
@@ -93,13 +96,20 @@ def _key_rotate(args: argparse.Namespace, ctx: Context) -> None:
     keys = ctx.vault.keys
     created = False if args.resume else keys.start(ctx.caller)
     with ctx.output.progress("re-wrapping data keys", keys.pending(ctx.caller)) as advance:
-        report = keys.finish(ctx.caller, created=created, progress=advance)
+        report = keys.finish(ctx.caller, created=created, disable=not args.keep_retired,
+                             progress=advance)
     lines = [f"current key: {report.current}" + (" (new)" if report.created else ""),
              f"data keys re-wrapped: {report.rewrapped}",
              "disabled: " + (", ".join(report.disabled) or "nothing")]
     if report.disabled:
         lines.append("sealed values made under a disabled key no longer open: seal them again")
+    if report.failed:
+        lines.append("did NOT authenticate (left as they were, their key stays enabled): "
+                     + ", ".join(report.failed))
     ctx.output.message("\n".join(lines), report)
+    if report.failed:
+        raise IntegrityError(f"{len(report.failed)} data key(s) did not authenticate; "
+                             "see 'mlsecrets audit tail --action key.rewrap'")
 
 
 def _key_list(args: argparse.Namespace, ctx: Context) -> None:

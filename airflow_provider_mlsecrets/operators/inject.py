@@ -19,9 +19,11 @@ A denied or missing reference fails the task at once, without retries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +39,7 @@ from airflow_provider_mlsecrets.injection.redact import Redactor
 from airflow_provider_mlsecrets.injection.references import parse_env
 from airflow_provider_mlsecrets.injection.resolve import ResolutionError, resolve
 
+READER_GRACE_SECONDS = 5
 BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
 
 
@@ -83,6 +86,7 @@ class InjectSecretsOperator(BaseOperator):
         self.base_env = dict(base_env or {})
         self.cwd = cwd
         self.mlsecrets_conn_id = mlsecrets_conn_id
+        self._child_pid: int | None = None
 
     def execute(self, context: Any) -> Any:
         resolved = resolve_env(self.env, self.mlsecrets_conn_id)
@@ -95,28 +99,34 @@ class InjectSecretsOperator(BaseOperator):
         return self._run_callable(child_env, redactor)
 
     def on_kill(self) -> None:
-        """The child holds the secrets: it goes when the task is killed."""
-        child = getattr(self, "_child", None)
-        if child is not None and (child.poll() is None if isinstance(child, subprocess.Popen)
-                                  else child.is_alive()):
-            child.terminate()
+        """The child and anything it started hold the secrets: they go with the task."""
+        pid = getattr(self, "_child_pid", None)
+        if pid is not None:
+            _kill_group(pid)
 
     # -- the child ---------------------------------------------------------------------
+    # The child leads a process group of its own, so that it and everything it starts can
+    # be stopped together: on success once it exits (a grandchild left holding the output
+    # pipe would keep the task waiting, and holds the secrets), on failure, time-out or kill.
     def _run_command(self, child_env: dict[str, str], redactor: Redactor) -> None:
         try:
             process = subprocess.Popen(  # noqa: S603 - argv list unless shell=True was asked
                 self.command, shell=self.shell, env=child_env, cwd=self.cwd,  # type: ignore[arg-type]
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
         except OSError as exc:
             raise AirflowException(f"cannot start the command ({exc.strerror})") from None
-        self._child: Any = process
+        self._child_pid = process.pid
         assert process.stdout is not None
+        reader = threading.Thread(target=self._log_output, args=(process.stdout, redactor))
+        reader.start()
         try:
-            self._log_output(process.stdout, redactor)
             code = process.wait()
         finally:
-            if process.poll() is None:
-                process.kill()
+            _kill_group(process.pid)
+            process.wait()
+            reader.join(timeout=READER_GRACE_SECONDS)
+            process.stdout.close()
         if code != 0:
             raise AirflowException(f"the command exited with status {code}")
 
@@ -128,21 +138,26 @@ class InjectSecretsOperator(BaseOperator):
             self.python_callable, self.op_args, self.op_kwargs, child_env, self.cwd, write_fd,
             send))
         child.start()
-        self._child = child
+        self._child_pid = child.pid
         os.close(write_fd)
         send.close()
         # The output is read on its own thread while the result is received here, so a
         # large result cannot block a child whose output nobody reads (or the reverse).
-        with os.fdopen(read_fd, "rb") as output:
-            reader = threading.Thread(target=self._log_output, args=(output, redactor))
-            reader.start()
+        output = os.fdopen(read_fd, "rb")
+        reader = threading.Thread(target=self._log_output, args=(output, redactor))
+        reader.start()
+        try:
             try:
                 outcome, payload = receive.recv()
             except EOFError:
                 outcome, payload = "died", ""
-            finally:
-                child.join()
-                reader.join()
+            child.join()
+        finally:
+            assert child.pid is not None
+            _kill_group(child.pid)  # on a time-out or kill too, not only after success
+            child.join(timeout=READER_GRACE_SECONDS)
+            reader.join(timeout=READER_GRACE_SECONDS)
+            output.close()
         if outcome == "died":
             raise AirflowException(f"the callable's process ended without a result (exit code "
                                    f"{child.exitcode})")
@@ -156,8 +171,16 @@ class InjectSecretsOperator(BaseOperator):
         return json.loads(payload)
 
     def _log_output(self, stream: Any, redactor: Redactor) -> None:
-        for line in stream:
-            self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
+        try:
+            for line in stream:
+                self.log.info("%s", redactor(line.decode("utf-8", "replace").rstrip("\n")))
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us after the group was stopped
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_default") -> Any:
@@ -184,7 +207,8 @@ def clean_base_env() -> dict[str, str]:
 
 def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
                 env: dict[str, str], cwd: str | None, out_fd: int, send: Any) -> None:
-    """In the forked child: our own environment and output, run, report, leave."""
+    """In the forked child: our own session, environment and output; run, report, leave."""
+    os.setsid()
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
     # the task's sys.stdout may be Airflow's log redirector: the child writes to the pipe

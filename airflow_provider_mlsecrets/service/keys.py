@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
@@ -37,6 +37,7 @@ class RotationReport:
     created: bool
     rewrapped: int
     disabled: list[str]
+    failed: list[str]  # "path vN" of data keys that did not authenticate (left as they were)
 
 
 class KeyService:
@@ -45,39 +46,43 @@ class KeyService:
         self._envelope = envelope
 
     def pending(self, caller: Caller) -> int:
-        """How many data keys are still wrapped by a KEK that is not current."""
+        """How many data keys a retired KEK still wraps (what a rotation has left to do)."""
         with self._core.operation(caller, "key.pending", Capability.LIST) as op:
-            current = current_kek(op.session)
-            return int(op.session.execute(select(func.count()).select_from(SecretVersion).where(
-                SecretVersion.wrapped_key.is_not(None),
-                SecretVersion.kek_id != current.label)).scalar_one())
+            return int(op.session.execute(
+                select(func.count()).select_from(SecretVersion)
+                .join(Kek, Kek.label == SecretVersion.kek_id)
+                .where(SecretVersion.wrapped_key.is_not(None),
+                       Kek.state == KeyState.RETIRED.value)).scalar_one())
 
-    def rotate(self, caller: Caller, *, new_version: bool = True,
+    def rotate(self, caller: Caller, *, new_version: bool = True, disable: bool = True,
                progress: Progress | None = None) -> RotationReport:
         """Rotate (or, with ``new_version=False``, only finish an interrupted rotation)."""
         created = self.start(caller) if new_version else False
-        return self.finish(caller, created=created, progress=progress)
+        return self.finish(caller, created=created, disable=disable, progress=progress)
 
     def start(self, caller: Caller) -> bool:
         """Step 1: a new current KEK."""
         return self._create_next(caller)
 
-    def finish(self, caller: Caller, *, created: bool = False,
+    def finish(self, caller: Caller, *, created: bool = False, disable: bool = True,
                progress: Progress | None = None) -> RotationReport:
-        """Steps 2 and 3: re-wrap what the retired KEKs still wrap, then disable them."""
-        rewrapped = 0
+        """Steps 2 and 3: re-wrap what the retired KEKs still wrap, then (unless ``disable``
+        is false: sealed tokens still need the old key) disable the ones nothing uses."""
+        rewrapped, failed = 0, []
+        skip: set[int] = set()
         while True:
-            done = self._rewrap_batch(caller)
-            if done == 0:
+            done, bad = self._rewrap_batch(caller, skip)
+            failed += bad
+            if done == 0 and not bad:
                 break
             rewrapped += done
             if progress is not None:
-                progress(done)
-        disabled = self._disable_unused(caller)
+                progress(done + len(bad))
+        disabled = self._disable_unused(caller) if disable else []
         with self._core.transaction() as session:
             current = current_kek(session).label
         return RotationReport(current=current, created=created, rewrapped=rewrapped,
-                              disabled=disabled)
+                              disabled=disabled, failed=failed)
 
     # -- the three steps ---------------------------------------------------------------
     def _create_next(self, caller: Caller) -> bool:
@@ -95,31 +100,44 @@ class KeyService:
             op.reason += f"; {label} is current, {old.label} retired"
             return True
 
-    def _rewrap_batch(self, caller: Caller) -> int:
+    def _rewrap_batch(self, caller: Caller, skip: set[int]) -> tuple[int, list[str]]:
+        """One batch, one transaction. Only data keys under a *retired* KEK are touched (a
+        row naming a disabled or unknown key is never unwrapped); a data key that does not
+        authenticate is left as it is, named in the audit record, and its KEK stays enabled."""
         with self._core.operation(caller, "key.rewrap", Capability.ROTATE) as op:
             current = KekId(current_kek(op.session).label)
             vault_id = self._core.vault_id(op.session)
             rows = op.session.execute(
                 select(SecretVersion, Secret.path).join(Secret)
-                .where(SecretVersion.wrapped_key.is_not(None), SecretVersion.kek_id != current)
+                .join(Kek, Kek.label == SecretVersion.kek_id)
+                .where(SecretVersion.wrapped_key.is_not(None),
+                       Kek.state == KeyState.RETIRED.value,
+                       SecretVersion.id.not_in(skip) if skip else true())
                 .order_by(SecretVersion.id).limit(BATCH)).all()
-            envelope = self._envelope()
+            envelope, done, bad = self._envelope(), 0, []
             for row, path in rows:
-                if row.nonce is None or row.ciphertext is None or row.wrapped_key is None:
-                    raise IntegrityError(f"version {row.version} of {path} is incomplete: "
-                                         "altered outside the vault")
-                old = Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
-                             nonce=row.nonce, ciphertext=row.ciphertext,
-                             format_version=row.format_version)
-                new = envelope.rewrap(old, Binding(vault_id, path, row.version), current)
+                try:
+                    if row.nonce is None or row.ciphertext is None or row.wrapped_key is None:
+                        raise IntegrityError("incomplete version")
+                    old = Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
+                                 nonce=row.nonce, ciphertext=row.ciphertext,
+                                 format_version=row.format_version)
+                    new = envelope.rewrap(old, Binding(vault_id, path, row.version), current)
+                except IntegrityError:
+                    skip.add(row.id)
+                    bad.append(f"{path} v{row.version}")
+                    continue
                 op.session.execute(
                     update(SecretVersion)
                     .where(SecretVersion.id == row.id, SecretVersion.kek_id == old.kek_id,
                            SecretVersion.wrapped_key == old.wrapped_key)
                     .values(kek_id=new.kek_id, wrapped_key=new.wrapped_key)
                     .execution_options(synchronize_session=False))
-            op.reason += f"; {len(rows)} data keys re-wrapped under {current}"
-            return len(rows)
+                done += 1
+            op.reason += f"; {done} data keys re-wrapped under {current}"
+            if bad:
+                op.reason += "; did not authenticate, left as they were: " + ", ".join(bad)
+            return done, bad
 
     def _disable_unused(self, caller: Caller) -> list[str]:
         with self._core.operation(caller, "key.disable", Capability.ROTATE) as op:
@@ -135,15 +153,22 @@ class KeyService:
             return disabled
 
 
-def current_kek(session: Session, *, lock: bool = False) -> Kek:
-    """The KEK new versions are sealed under (locked for a rotation)."""
+def current_kek(session: Session, *, lock: bool = False, share: bool = False) -> Kek:
+    """The KEK new versions are sealed under: ``lock`` for a rotation (exclusive), ``share``
+    for a write that seals under it, so a rotation cannot retire and disable the key while
+    the write that uses it is still uncommitted. Under PostgreSQL's READ COMMITTED, a write
+    that waited on a rotation sees the old row no longer current and the new one not yet in
+    its snapshot, so it asks again."""
     query = select(Kek).where(Kek.state == KeyState.CURRENT.value)
     if lock:
         query = query.with_for_update()
-    kek = session.execute(query).scalar_one_or_none()
-    if kek is None:
-        raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
-    return kek
+    elif share:
+        query = query.with_for_update(read=True)
+    for _ in range(3):
+        kek = session.execute(query).scalar_one_or_none()
+        if kek is not None:
+            return kek
+    raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
 
 
 def check_usable(session: Session, label: str) -> None:

@@ -107,7 +107,7 @@ class SecretsService:
             if owner is not None:
                 secret.owner = owner
             version = secret.latest_version + 1
-            kek = KekId(current_kek(op.session).label)
+            kek = KekId(current_kek(op.session, share=True).label)
             sealed = self.envelope.seal(value, self._binding(op.session, path, version), kek)
             for older in op.session.scalars(select(SecretVersion).where(
                     SecretVersion.secret_id == secret.id,
@@ -174,7 +174,7 @@ class SecretsService:
         path = parse_path(path)
         self._check_value(value)
         with self._core.operation(caller, "secret.seal", Capability.WRITE, path) as op:
-            kek = KekId(current_kek(op.session).label)
+            kek = KekId(current_kek(op.session, share=True).label)
             sealed = self.envelope.seal(
                 value, sealed_tokens.binding(self._core.vault_id(op.session), path), kek)
             return sealed_tokens.to_token(sealed)

@@ -108,3 +108,24 @@ def big() -> None:
 
 
 big()
+
+
+def leave_a_grandchild(marker: str) -> int:
+    import subprocess as sp
+
+    # a background process holding the output pipe and the secret in its environment
+    sp.Popen(["sh", "-c", f"sleep 30; touch {marker}"])
+    return 1
+
+
+@dag(dag_id="mlsecrets_inject_grandchild", schedule=None, start_date=START, catchup=False,
+     params={"marker": ""})
+def grandchild() -> None:
+    InjectSecretsOperator(task_id="callable", env={"K": "secret:ml/short"}, retries=0,
+                          python_callable=leave_a_grandchild, op_args=["{{ params.marker }}"])
+    InjectSecretsOperator(task_id="command", env={"K": "secret:ml/short"}, retries=0,
+                          shell=True, command="(sleep 30; touch {{ params.marker }}.cmd) & "
+                                              "echo started")
+
+
+grandchild()
