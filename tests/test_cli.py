@@ -235,3 +235,14 @@ def test_a_failed_init_leaves_no_token_file(tmp_path: Path) -> None:
     out = tmp_path / "new.token"
     result = cli("init", "--admin", "recovery", "--token-out", str(out))
     assert result.returncode == 1 and not out.exists()
+
+
+def test_reseal_through_the_cli(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    cli.ok("init", "--dev")
+    ref = cli.ok("seal", "s/x", "--stdin", stdin=b"sealed-cli").strip()
+    cli.ok("key", "rotate", "--keep-retired")
+    new_ref = cli.ok("reseal", stdin=(ref + "\n").encode()).strip()
+    assert new_ref.startswith("sealed:s/x:mlsealed1.") and new_ref != ref
+    assert b"sealed-cli" not in cli("reseal", stdin=(ref + "\n").encode()).stdout
+    assert cli("reseal", stdin=b"var:not-sealed\n").returncode == 2

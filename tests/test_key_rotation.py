@@ -221,3 +221,15 @@ def test_keep_retired_leaves_sealed_values_working_and_disabled_rows_are_never_r
     assert env.vault.keys.rotate(env.admin, new_version=False).rewrapped == 0
     with pytest.raises(IntegrityError):
         env.vault.secrets.read(env.admin, "rot/x")
+
+
+def test_reseal_moves_a_sealed_value_to_the_current_key(env: Env) -> None:
+    token = env.vault.secrets.seal(env.admin, "rot/sealed", b"resealed-value")
+    env.vault.keys.rotate(env.admin, disable=False)
+    fresh = env.vault.secrets.reseal(env.admin, "rot/sealed", token)
+    env.vault.keys.rotate(env.admin, new_version=False)  # now kek-1 is disabled
+    assert env.vault.secrets.unseal(env.admin, "rot/sealed", fresh) == b"resealed-value"
+    with pytest.raises(IntegrityError):
+        env.vault.secrets.unseal(env.admin, "rot/sealed", token)
+    with pytest.raises(IntegrityError):  # bound to its path, like any sealed value
+        env.vault.secrets.reseal(env.admin, "rot/elsewhere", fresh)

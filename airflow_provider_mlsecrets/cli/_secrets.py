@@ -69,6 +69,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     seal_source.add_argument("--generate", type=int, metavar="N")
     seal.set_defaults(handler=_seal)
 
+    reseal = commands.add_parser(
+        "reseal", parents=[common],
+        help="re-seal 'sealed:PATH:TOKEN' references (one per line on stdin) under the "
+             "current key; run after 'key rotate --keep-retired', before retired keys go")
+    reseal.set_defaults(handler=_reseal)
+
     destroy = sub.add_parser("destroy", parents=[common],
                              help="erase one version's ciphertext for good")
     destroy.add_argument("path")
@@ -118,6 +124,22 @@ def _seal(args: argparse.Namespace, ctx: Context) -> None:
         ctx.output.data({"path": args.path, "reference": f"sealed:{args.path}:{token}"})
     else:
         print(f"sealed:{args.path}:{token}")
+
+
+def _reseal(args: argparse.Namespace, ctx: Context) -> None:
+    from airflow_provider_mlsecrets.injection.references import parse_reference
+
+    out = []
+    for line in sys.stdin.read().split():
+        ref = parse_reference(line)
+        if ref.kind != "sealed" or ref.token is None:
+            raise InvalidInput("reseal reads sealed:PATH:TOKEN references, one per line")
+        out.append(f"sealed:{ref.target}:"
+                   f"{ctx.vault.secrets.reseal(ctx.caller, ref.target, ref.token)}")
+    if ctx.output.as_json:
+        ctx.output.data(out)
+    else:
+        print("\n".join(out))
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> None:

@@ -179,6 +179,23 @@ class SecretsService:
                 value, sealed_tokens.binding(self._core.vault_id(op.session), path), kek)
             return sealed_tokens.to_token(sealed)
 
+    def reseal(self, caller: Caller, path: str, token: str) -> str:
+        """The same sealed value under the current KEK (``write`` on the path): for tokens
+        made before a key rotation, while the retired key is still enabled. The value is
+        opened and sealed again in one step and never returned."""
+        path = parse_path(path)
+        with self._core.operation(caller, "secret.reseal", Capability.WRITE, path) as op:
+            binding = sealed_tokens.binding(self._core.vault_id(op.session), path)
+            try:
+                old = sealed_tokens.from_token(token)
+                check_usable(op.session, old.kek_id)
+                new = self.envelope.rewrap(
+                    old, binding, KekId(current_kek(op.session, share=True).label))
+            except KeyMissing:
+                raise IntegrityError("the data could not be authenticated") from None
+            op.reason += f"; {old.kek_id} -> {new.kek_id}"
+            return sealed_tokens.to_token(new)
+
     def unseal(self, caller: Caller, path: str, token: str) -> bytes:
         """Open a sealed token as ``path`` (``inject``); a token sealed for another path or
         vault, or altered, raises :class:`IntegrityError` and is audited as an error."""
