@@ -428,3 +428,11 @@ def test_a_sealed_token_naming_another_key_fails_opaquely(env: Env) -> None:
         with pytest.raises(IntegrityError) as info:
             env.vault.secrets.unseal(env.admin, "ml/k", forged)
         assert str(info.value) == "the data could not be authenticated"
+
+
+def test_a_revoked_token_learns_nothing_about_what_exists(env: Env) -> None:
+    etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
+    env.vault.access.revoke_principal(env.admin, "etl")
+    for path in ("ml/missing", "other/missing"):
+        with pytest.raises(AccessDenied, match="revoked"):
+            env.vault.secrets.inject(etl, path)

@@ -51,6 +51,8 @@ from airflow_provider_mlsecrets.store.engine import engine_for, safe_url
 
 NOBODY = "<unauthenticated>"
 TAMPERED = "record altered outside the vault"
+REVOKED = "token revoked"
+EXPIRED = "token expired"
 
 
 def utcnow() -> datetime:
@@ -181,7 +183,10 @@ class Core:
                 session.begin()
                 self.vault_id(session)
                 actor, decision = self._authorise(session, caller, capability, path)
+            # only a policy denial of a valid principal may turn into "not found"; a revoked
+            # or expired token, or a tampered record, learns nothing about what exists
             if (actor is not None and not decision.allowed and absent is not None
+                    and decision.reason not in (REVOKED, EXPIRED)
                     and not decision.reason.startswith(TAMPERED)):
                 with self.database_errors():
                     missing = absent(session)
@@ -234,9 +239,9 @@ class Core:
             Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),
                  deny=g.effect == "deny") for g in principal.grants))
         if principal.revoked_at is not None:
-            return actor, Decision(False, "token revoked")
+            return actor, Decision(False, REVOKED)
         if principal.expires_at is not None and principal.expires_at <= utcnow():
-            return actor, Decision(False, "token expired")
+            return actor, Decision(False, EXPIRED)
         if capability is None:
             return actor, Decision(True, "authenticated")
         return actor, actor.may(capability, path)
