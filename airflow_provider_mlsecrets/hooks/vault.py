@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlsecrets.airflow_context import caller_context
+from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
 from airflow_provider_mlsecrets.settings import Settings
@@ -48,13 +49,13 @@ class MLSecretsHook(BaseHook):
     def inject(self, path: str, version: int | None = None) -> str:
         """A secret's value for this task (``inject``), registered with the masker."""
         value = self.vault.secrets.inject(self._caller(), path, version).decode("utf-8")
-        _mask(value)
+        mask(value)
         return value
 
     def unseal(self, path: str, token: str) -> str:
         """A sealed value for this task (``inject`` on ``path``), registered with the masker."""
         value = self.vault.secrets.unseal(self._caller(), path, token).decode("utf-8")
-        _mask(value)
+        mask(value)
         return value
 
     def read(self, path: str, version: int | None = None) -> bytes:
@@ -101,15 +102,3 @@ class MLSecretsHook(BaseHook):
 
     def _caller(self) -> Caller:
         return Caller(self.vault.settings.read_caller_token(), caller_context())
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {"hidden_fields": ["schema", "login", "password", "port"],
-                "relabeling": {"host": "Database URL (SQLAlchemy)"},
-                "placeholders": {"host": "postgresql+psycopg://mlsecrets@db/mlsecrets"}}
-
-
-def _mask(value: str) -> None:
-    from airflow_provider_mlsecrets.secrets.backend import _mask as mask
-
-    mask(value)

@@ -48,10 +48,10 @@ def resolve(refs: dict[str, Reference], hook: Any) -> Resolved:
                 out.sensitive.add(text)
                 # output is redacted line by line, so each line of a multi-line value too
                 out.sensitive.update(line for line in text.splitlines() if len(line) >= 2)
-    from airflow_provider_mlsecrets.secrets.backend import _mask
+    from airflow_provider_mlsecrets.masking import mask
 
     for value in out.sensitive:
-        _mask(value)
+        mask(value)
     return out
 
 

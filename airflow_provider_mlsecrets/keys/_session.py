@@ -114,13 +114,6 @@ def cached_object(address: TokenAddress, label: str, find: Callable[[Any], Any])
     return shared.objects[label]
 
 
-def forget_object(address: TokenAddress, label: str) -> None:
-    with PROCESS_LOCK:
-        shared = _SHARED.get((address.module, address.label))
-        if shared is not None:
-            shared.objects.pop(label, None)
-
-
 def _current(address: TokenAddress) -> _Shared:
     key = (address.module, address.label)
     shared = _SHARED.get(key)

@@ -23,6 +23,7 @@ from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 from airflow.secrets.base_secrets import BaseSecretsBackend
 
 from airflow_provider_mlsecrets.errors import InvalidInput, MLSecretsError, NotFound
+from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.paths import parse_path
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class MLSecretsBackend(BaseSecretsBackend):
         except UnicodeDecodeError:
             raise AirflowSecretsBackendAccessDenied(
                 f"the {kind} {identifier!r} in mlsecrets is not UTF-8 text") from None
-        _mask(value)
+        mask(value)
         return value
 
     def _get_vault(self) -> Vault:
@@ -161,7 +162,7 @@ class MLSecretsBackend(BaseSecretsBackend):
             return
         for part in (conn.password, conn.get_uri()):
             if part:
-                _mask(part)
+                mask(part)
 
 
 class _Kind:
@@ -171,17 +172,3 @@ class _Kind:
             self.pattern = re.compile(pattern) if pattern is not None else None
         except re.error as exc:
             raise ValueError(f"invalid lookup pattern {pattern!r}: {exc}") from None
-
-
-def _mask(value: str) -> None:
-    """Register with Airflow's maskers whatever its key: the Task SDK's (in a task, it tells
-    the supervisor too) and, where it is loaded, the core one that in-process runs such as
-    ``airflow dags test`` log through."""
-    from airflow.sdk.log import mask_secret
-
-    mask_secret(value)
-    try:
-        from airflow._shared.secrets_masker import mask_secret as core_mask_secret
-    except ImportError:  # a worker with only the Task SDK
-        return
-    core_mask_secret(value)

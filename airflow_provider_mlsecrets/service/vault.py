@@ -63,10 +63,6 @@ class Vault:
         self.audit = AuditService(self.core)
         self.keys = KeyService(self.core, lambda: self.secrets.envelope)
 
-    @classmethod
-    def from_environment(cls) -> Vault:
-        return cls(Settings.load())
-
     @property
     def settings(self) -> Settings:
         return self.core.settings
