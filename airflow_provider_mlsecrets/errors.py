@@ -76,6 +76,15 @@ class PolicyError(InvalidInput):
     """A grant, role or pattern is not valid."""
 
 
+# --- rotation -------------------------------------------------------------------------
+class RotationBusy(MLSecretsError):
+    """Another run holds the secret's rotation (its lease has not run out)."""
+
+
+class RotationFailed(MLSecretsError):
+    """A rotation step failed; ``current`` is untouched and the next run resumes."""
+
+
 # --- audit ----------------------------------------------------------------------------
 class AuditError(MLSecretsError):
     """The audit record could not be written, so the action did not happen."""

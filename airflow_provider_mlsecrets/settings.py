@@ -23,6 +23,7 @@ DEFAULT_TOKEN_LABEL = "mlsecrets"  # noqa: S105 - the HSM token's label, not a p
 DEFAULT_KEY_PREFIX = "mlsecrets"
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_VERSIONS = 10
+DEFAULT_ROTATION_LEASE = 900
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 
 # setting name -> environment variable (and config.json key)
@@ -37,6 +38,7 @@ ENVIRONMENT = {
     "key_prefix": "MLSECRETS_KEY_PREFIX",
     "max_value_bytes": "MLSECRETS_MAX_VALUE_BYTES",
     "max_versions": "MLSECRETS_MAX_VERSIONS",
+    "rotation_lease": "MLSECRETS_ROTATION_LEASE",
     "token": "MLSECRETS_TOKEN",
     "token_file": "MLSECRETS_TOKEN_FILE",
 }
@@ -56,6 +58,7 @@ class Settings:
     key_prefix: str = DEFAULT_KEY_PREFIX
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     max_versions: int = DEFAULT_MAX_VERSIONS
+    rotation_lease: int = DEFAULT_ROTATION_LEASE
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
 
@@ -70,6 +73,9 @@ class Settings:
             raise ConfigurationError("MLSECRETS_MAX_VALUE_BYTES must be between 1 and 16777216")
         if not 1 <= self.max_versions <= 10_000:
             raise ConfigurationError("MLSECRETS_MAX_VERSIONS must be between 1 and 10000")
+        if not 1 <= self.rotation_lease <= 86_400:
+            raise ConfigurationError("MLSECRETS_ROTATION_LEASE must be between 1 and 86400 "
+                                     "seconds")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,
@@ -97,7 +103,7 @@ class Settings:
         for name in ("pkcs11_token", "key_prefix"):
             if raw[name]:
                 kwargs[name] = raw[name]
-        for name in ("max_value_bytes", "max_versions"):
+        for name in ("max_value_bytes", "max_versions", "rotation_lease"):
             value = raw[name]
             if value:
                 kwargs[name] = _integer(ENVIRONMENT[name], value)

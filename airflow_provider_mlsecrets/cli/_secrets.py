@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlsecrets.cli._rotation import (
+    add_policy_arguments,
+    next_due_from_args,
+    policy_from_args,
+)
 from airflow_provider_mlsecrets.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                      help="write only if the newest version is N (0: only if new)")
     put.add_argument("--description")
     put.add_argument("--owner")
+    add_policy_arguments(put, flag="--rotate-every")
     put.set_defaults(handler=_put)
 
     get = sub.add_parser("get", parents=[common], help="print a value (security engineers)")
@@ -103,6 +109,7 @@ def read_value(args: argparse.Namespace, limit: int) -> bytes:
 
 def _put(args: argparse.Namespace, ctx: Context) -> None:
     limit = ctx.settings.max_value_bytes
+    policy = policy_from_args(args, ctx)  # a bad policy fails before anything is written
     if args.connection_uri is not None or args.connection_json is not None:
         from airflow_provider_mlsecrets.cli._airflow import connection_value
 
@@ -115,6 +122,12 @@ def _put(args: argparse.Namespace, ctx: Context) -> None:
                                  description=args.description, owner=args.owner)
     del value
     ctx.output.message(f"{info.path}: version {info.version} written", info)
+    if policy is not None:
+        status = ctx.vault.rotation.set_policy(ctx.caller, args.path, policy,
+                                               next_due=next_due_from_args(args))
+        ctx.output.message(f"{info.path}: rotated by {status.rotator} every "
+                           f"{status.schedule}; next due "
+                           f"{status.next_due_at:%Y-%m-%d %H:%M:%S}Z", status)
 
 
 def _seal(args: argparse.Namespace, ctx: Context) -> None:

@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from airflow_provider_mlsecrets.cli import _admin, _airflow, _audit, _principals, _secrets
+from airflow_provider_mlsecrets.cli import (
+    _admin,
+    _airflow,
+    _audit,
+    _principals,
+    _rotation,
+    _secrets,
+)
 from airflow_provider_mlsecrets.cli._output import Output
 from airflow_provider_mlsecrets.errors import MLSecretsError
 from airflow_provider_mlsecrets.service import Caller, Vault
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_admin, _secrets, _principals, _audit, _airflow):
+    for module in (_admin, _secrets, _rotation, _principals, _audit, _airflow):
         module.register(commands, common)
     return parser
 

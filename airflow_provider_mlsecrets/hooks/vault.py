@@ -48,36 +48,36 @@ class MLSecretsHook(BaseHook):
     # -- what the vault offers -------------------------------------------------------
     def inject(self, path: str, version: int | None = None) -> str:
         """A secret's value for this task (``inject``), registered with the masker."""
-        value = self.vault.secrets.inject(self._caller(), path, version).decode("utf-8")
+        value = self.vault.secrets.inject(self.caller(), path, version).decode("utf-8")
         mask(value)
         return value
 
     def unseal(self, path: str, token: str) -> str:
         """A sealed value for this task (``inject`` on ``path``), registered with the masker."""
-        value = self.vault.secrets.unseal(self._caller(), path, token).decode("utf-8")
+        value = self.vault.secrets.unseal(self.caller(), path, token).decode("utf-8")
         mask(value)
         return value
 
     def read(self, path: str, version: int | None = None) -> bytes:
         """Plaintext back to a person (``read``: a security engineer's token only)."""
-        return self.vault.secrets.read(self._caller(), path, version)
+        return self.vault.secrets.read(self.caller(), path, version)
 
     def write(self, path: str, value: bytes | str, *, cas: int | None = None,
               description: str | None = None) -> VersionInfo:
         data = value.encode("utf-8") if isinstance(value, str) else value
-        return self.vault.secrets.put(self._caller(), path, data, cas=cas,
+        return self.vault.secrets.put(self.caller(), path, data, cas=cas,
                                       description=description)
 
     def list(self, prefix: str = "") -> builtins.list[SecretInfo]:
-        return self.vault.secrets.list(self._caller(), prefix)
+        return self.vault.secrets.list(self.caller(), prefix)
 
     def versions(self, path: str) -> builtins.list[VersionInfo]:
-        return self.vault.secrets.versions(self._caller(), path)
+        return self.vault.secrets.versions(self.caller(), path)
 
     def test_connection(self) -> tuple[bool, str]:
         """Reach the HSM and the database and authenticate; never touches a value."""
         try:
-            status = self.vault.status(self._caller())
+            status = self.vault.status(self.caller())
         except Exception as exc:  # the UI shows the message; our errors hold no values
             return False, f"{type(exc).__name__}: {exc}"
         return True, f"vault {status['vault_id']} as {status['you']}"
@@ -100,5 +100,6 @@ class MLSecretsHook(BaseHook):
             overrides["db_url"] = conn.host
         return overrides
 
-    def _caller(self) -> Caller:
+    def caller(self) -> Caller:
+        """Who the hook acts as: its token, and the task or component asking."""
         return Caller(self.vault.settings.read_caller_token(), caller_context())

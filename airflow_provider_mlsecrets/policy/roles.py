@@ -2,7 +2,9 @@
 
 Each role has a ceiling (the capabilities a grant may ever give it) and implicit grants
 (what it holds on every path without one). Only ``security_engineer`` can hold ``read``:
-plaintext back to a person. Pipelines get ``inject`` on the paths granted to them.
+plaintext back to a person. Pipelines get ``inject`` on the paths granted to them; the
+rotation DAG's ``rotator`` gets ``rotate`` (and ``inject`` for the credentials its rotators
+need).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Role(str, enum.Enum):
     SECURITY_ENGINEER = "security_engineer"
     AUDITOR = "auditor"
     PIPELINE = "pipeline"
+    ROTATOR = "rotator"
     VIEWER = "viewer"
 
     @property
@@ -51,6 +54,12 @@ _SPECS = {
                            implicit=frozenset({Capability.AUDIT, Capability.LIST})),
     Role.PIPELINE: RoleSpec(ceiling=frozenset({Capability.INJECT, Capability.LIST}),
                             implicit=frozenset()),
+    # the rotation DAG's principal: rotates what it is granted, fetches the credentials its
+    # rotators need (admin passwords) with ``inject``, verifies the audit chain, and never
+    # reads a value back
+    Role.ROTATOR: RoleSpec(ceiling=frozenset({Capability.ROTATE, Capability.INJECT,
+                                              Capability.LIST, Capability.AUDIT}),
+                           implicit=frozenset()),
     Role.VIEWER: RoleSpec(ceiling=frozenset({Capability.LIST}), implicit=frozenset()),
 }
 

@@ -95,6 +95,7 @@ class Op:
     actor: Actor
     version: int | None = None
     reason: str = ""
+    outcome: Outcome = Outcome.ALLOWED  # a body that records a failure it handled: ERROR
 
 
 class Core:
@@ -207,7 +208,7 @@ class Core:
             try:
                 with self.database_errors():
                     yield op
-                    self._append(session, base, actor.name, actor.role.value, Outcome.ALLOWED,
+                    self._append(session, base, actor.name, actor.role.value, op.outcome,
                                  op.reason, op.version)
                     session.commit()
             except BaseException as exc:

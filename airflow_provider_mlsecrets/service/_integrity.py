@@ -4,10 +4,11 @@ Without them, write access to the database could give a pipeline the security en
 role, delete an explicit deny, or point a secret back at an older version. Each principal
 row carries ``HMAC(K_integrity, canonical(vault_id, name, role, token_hash, expiry,
 revocation, digest of its grants))`` and each secret row ``HMAC(K_integrity,
-canonical(vault_id, path, latest, current, deleted, versions kept))``, computed in the HSM
-whenever the vault changes them and checked whenever it relies on them. A changed, added or removed
-grant changes its principal's MAC. Replaying a whole older row is not detected here (no
-freshness without a counter); the audit trail records every legitimate change.
+canonical(vault_id, path, latest, current, deleted, versions kept[, rotation policy]))``,
+computed in the HSM whenever the vault changes them and checked whenever it relies on them.
+A changed, added or removed grant changes its principal's MAC. Replaying a whole older row
+is not detected here (no freshness without a counter); the audit trail records every
+legitimate change.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def _principal_bytes(session: Session, vault_id: str, p: Principal) -> bytes:
 def _secret_bytes(vault_id: str, s: Secret) -> bytes:
     current = "" if s.current_version is None else str(s.current_version)
     kept = "" if s.max_versions is None else str(s.max_versions)
-    return canonical.encode(SECRET_TAG, vault_id, s.path, s.latest_version, current,
-                            _ts(s.deleted_at), kept)
+    fields: tuple[str | int, ...] = (SECRET_TAG, vault_id, s.path, s.latest_version, current,
+                                     _ts(s.deleted_at), kept)
+    # a rotation policy is appended only when set, so rows without one keep their MAC
+    return canonical.encode(*fields, *(() if s.rotation is None else (s.rotation,)))
 
 
 def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:

@@ -27,6 +27,8 @@ from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.service._integrity import check_secret, seal_secret
 from airflow_provider_mlsecrets.service.keys import check_usable, current_kek
 from airflow_provider_mlsecrets.store.models import (
+    Rotation,
+    RotationStep,
     Secret,
     SecretVersion,
     VersionState,
@@ -89,7 +91,7 @@ class SecretsService:
         if cas is not None and cas < 0:
             raise InvalidInput("--cas takes a version number, 0 for 'must not exist yet'")
         with self._core.operation(caller, "secret.write", Capability.WRITE, path) as op:
-            secret = self._find(op.session, path, lock=True)
+            secret = self.find(op.session, path, lock=True)
             latest = secret.latest_version if secret is not None else 0
             if cas is not None and cas != latest:
                 raise VersionConflict(
@@ -102,35 +104,52 @@ class SecretsService:
                 op.session.flush()
             elif secret.deleted_at is not None:
                 raise InvalidInput(f"{path} is deleted; 'mlsecrets secret undelete {path}' first")
+            else:
+                _refuse_during_rotation(op.session, secret)
             if description is not None:
                 secret.description = description
             if owner is not None:
                 secret.owner = owner
-            version = secret.latest_version + 1
-            kek = KekId(current_kek(op.session, share=True).label)
-            sealed = self.envelope.seal(value, self._binding(op.session, path, version), kek)
-            for older in op.session.scalars(select(SecretVersion).where(
-                    SecretVersion.secret_id == secret.id,
-                    SecretVersion.state.in_([VersionState.CURRENT.value,
-                                             VersionState.PREVIOUS.value]))):
-                older.state = (VersionState.PREVIOUS.value
-                               if older.state == VersionState.CURRENT.value
-                               else VersionState.RETIRED.value)
-            row = SecretVersion(
-                secret_id=secret.id, version=version, state=VersionState.CURRENT.value,
-                format_version=sealed.format_version, kek_id=sealed.kek_id,
-                wrapped_key=sealed.wrapped_key, nonce=sealed.nonce, ciphertext=sealed.ciphertext,
-                created_by=op.actor.name, created_at=now)
-            op.session.add(row)
-            secret.latest_version = version
-            secret.current_version = version
-            secret.updated_at = now
-            self._seal(op.session, secret)
+            row = self.add_version(op.session, secret, value, created_by=op.actor.name)
+            self.make_current(op.session, secret, row)
+            version = row.version
             op.session.flush()
-            pruned = self._prune(op.session, secret)
+            pruned = self.prune(op.session, secret)
             op.version = version
             op.reason += f"; version {version}" + (f"; destroyed old {pruned}" if pruned else "")
             return _version_info(path, row)
+
+    def add_version(self, session: Session, secret: Secret, value: bytes, *,
+                    created_by: str) -> SecretVersion:
+        """Seal ``value`` as the next version, ``pending`` until :meth:`make_current`."""
+        self._check_value(value)
+        version = secret.latest_version + 1
+        kek = KekId(current_kek(session, share=True).label)
+        sealed = self.envelope.seal(value, self._binding(session, secret.path, version), kek)
+        row = SecretVersion(
+            secret_id=secret.id, version=version, state=VersionState.PENDING.value,
+            format_version=sealed.format_version, kek_id=sealed.kek_id,
+            wrapped_key=sealed.wrapped_key, nonce=sealed.nonce, ciphertext=sealed.ciphertext,
+            created_by=created_by, created_at=utcnow())
+        session.add(row)
+        secret.latest_version = version
+        secret.updated_at = row.created_at
+        return row
+
+    def make_current(self, session: Session, secret: Secret, row: SecretVersion) -> None:
+        """Serve ``row`` from now on: the current version becomes ``previous``, the previous
+        one ``retired``. The caller re-seals the secret row (:meth:`seal_row`)."""
+        for older in session.scalars(select(SecretVersion).where(
+                SecretVersion.secret_id == secret.id, SecretVersion.id != row.id,
+                SecretVersion.state.in_([VersionState.CURRENT.value,
+                                         VersionState.PREVIOUS.value]))):
+            older.state = (VersionState.PREVIOUS.value
+                           if older.state == VersionState.CURRENT.value
+                           else VersionState.RETIRED.value)
+        row.state = VersionState.CURRENT.value
+        secret.current_version = row.version
+        secret.updated_at = utcnow()
+        self.seal_row(session, secret)
 
     def delete(self, caller: Caller, path: str) -> None:
         """Soft delete: the secret stops being served but every version is kept."""
@@ -144,15 +163,15 @@ class SecretsService:
         path = parse_path(path)
         with self._core.operation(caller, "secret.destroy", Capability.DESTROY, path,
                                   version) as op:
-            secret = self._existing(op.session, path, lock=True, include_deleted=True)
-            row = self._version_row(op.session, secret, version)
+            secret = self.existing(op.session, path, lock=True, include_deleted=True)
+            row = self.version_row(op.session, secret, version)
             if row.state == VersionState.DESTROYED.value:
                 op.reason += "; already destroyed"
                 return
             if secret.current_version == version:
                 secret.current_version = None
-                self._seal(op.session, secret)
-            _erase(row)
+                self.seal_row(op.session, secret)
+            erase(row)
 
     # -- reading ---------------------------------------------------------------------
     def read(self, caller: Caller, path: str, version: int | None = None) -> bytes:
@@ -224,7 +243,7 @@ class SecretsService:
             for s in op.session.scalars(query):
                 if (include_deleted or s.deleted_at is None) and op.actor.may(
                         Capability.LIST, s.path).allowed:
-                    self._check(op.session, s)
+                    self.check(op.session, s)
                     out.append(_secret_info(s))
             op.reason += f"; {len(out)} shown"
             return out
@@ -232,7 +251,7 @@ class SecretsService:
     def versions(self, caller: Caller, path: str) -> builtins.list[VersionInfo]:
         path = parse_path(path)
         with self._core.operation(caller, "secret.versions", Capability.LIST, path) as op:
-            secret = self._existing(op.session, path, include_deleted=True)
+            secret = self.existing(op.session, path, include_deleted=True)
             return [_version_info(path, v) for v in secret.versions]
 
     # -- helpers ---------------------------------------------------------------------
@@ -243,12 +262,12 @@ class SecretsService:
                                   absent=absent) as op:
             if absent is not None:
                 self._refuse_if_held_but_unservable(op.session, path)
-            secret = self._existing(op.session, path)
+            secret = self.existing(op.session, path)
             if version is None:
                 if secret.current_version is None:
                     raise NotFound(f"{path} has no current version")
                 version = secret.current_version
-            row = self._version_row(op.session, secret, version)
+            row = self.version_row(op.session, secret, version)
             if row.state == VersionState.DESTROYED.value:
                 if row.ciphertext is not None or row.wrapped_key is not None:
                     raise IntegrityError(f"version {version} of {path} is marked destroyed "
@@ -256,15 +275,19 @@ class SecretsService:
                 error = AccessDenied if absent is not None else NotFound
                 raise error(f"version {version} of {path} was destroyed")
             op.version = version
-            check_usable(op.session, row.kek_id)
-            if row.wrapped_key is None or row.nonce is None or row.ciphertext is None:
-                raise IntegrityError(f"version {version} of {path} has no data but is not "
-                                     "marked destroyed: altered outside the vault")
-            value = self.envelope.open(
-                Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
-                       ciphertext=row.ciphertext, format_version=row.format_version),
-                self._binding(op.session, path, version))
+            value = self.decrypt(op.session, path, row)
         return value
+
+    def decrypt(self, session: Session, path: str, row: SecretVersion) -> bytes:
+        """The plaintext of a version row, inside an operation that was authorised for it."""
+        check_usable(session, row.kek_id)
+        if row.wrapped_key is None or row.nonce is None or row.ciphertext is None:
+            raise IntegrityError(f"version {row.version} of {path} has no data but is not "
+                                 "marked destroyed: altered outside the vault")
+        return self.envelope.open(
+            Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
+                   ciphertext=row.ciphertext, format_version=row.format_version),
+            self._binding(session, path, row.version))
 
     def _refuse_if_held_but_unservable(self, session: Session, path: str) -> None:
         """For lookups that fall through to other sources on "not found": the vault holding
@@ -277,7 +300,7 @@ class SecretsService:
         if held != path:
             raise AccessDenied(f"the vault holds {held}, which differs from {path} only in "
                                "case; refusing so that no other source serves this name")
-        secret = self._existing(session, path, include_deleted=True)
+        secret = self.existing(session, path, include_deleted=True)
         if secret.deleted_at is not None or secret.current_version is None:
             raise AccessDenied(f"{path} is in the vault but cannot be served (deleted or no "
                                "current version); refusing so that no other source serves it")
@@ -286,12 +309,12 @@ class SecretsService:
         path = parse_path(path)
         action = "secret.delete" if deleted else "secret.undelete"
         with self._core.operation(caller, action, Capability.DELETE, path) as op:
-            secret = self._existing(op.session, path, lock=True, include_deleted=True)
+            secret = self.existing(op.session, path, lock=True, include_deleted=True)
             if (secret.deleted_at is not None) == deleted:
                 op.reason += "; no change"
                 return
             secret.deleted_at = utcnow() if deleted else None
-            self._seal(op.session, secret)
+            self.seal_row(op.session, secret)
 
     def _check_value(self, value: bytes) -> None:
         if not isinstance(value, bytes):
@@ -306,25 +329,25 @@ class SecretsService:
     def _binding(self, session: Session, path: str, version: int) -> Binding:
         return Binding(vault_id=self._core.vault_id(session), path=path, version=version)
 
-    def _find(self, session: Session, path: str, *, lock: bool = False) -> Secret | None:
+    def find(self, session: Session, path: str, *, lock: bool = False) -> Secret | None:
         """The secret row, checked against its integrity MAC before anything relies on it."""
         query = select(Secret).where(Secret.path == path)
         if lock:
             query = query.with_for_update()
         secret = session.execute(query).scalar_one_or_none()
         if secret is not None:
-            self._check(session, secret)
+            self.check(session, secret)
         return secret
 
-    def _check(self, session: Session, secret: Secret) -> None:
+    def check(self, session: Session, secret: Secret) -> None:
         check_secret(self._core.keys, self._core.vault_id(session), secret)
 
-    def _seal(self, session: Session, secret: Secret) -> None:
+    def seal_row(self, session: Session, secret: Secret) -> None:
         seal_secret(self._core.keys, self._core.vault_id(session), secret)
 
-    def _existing(self, session: Session, path: str, *, lock: bool = False,
+    def existing(self, session: Session, path: str, *, lock: bool = False,
                   include_deleted: bool = False) -> Secret:
-        secret = self._find(session, path, lock=lock)
+        secret = self.find(session, path, lock=lock)
         if secret is None:
             raise NotFound(f"no secret at {path}")
         if secret.deleted_at is not None and not include_deleted:
@@ -332,7 +355,7 @@ class SecretsService:
         return secret
 
     @staticmethod
-    def _version_row(session: Session, secret: Secret, version: int) -> SecretVersion:
+    def version_row(session: Session, secret: Secret, version: int) -> SecretVersion:
         row = session.execute(select(SecretVersion).where(
             SecretVersion.secret_id == secret.id, SecretVersion.version == version)
         ).scalar_one_or_none()
@@ -340,7 +363,7 @@ class SecretsService:
             raise NotFound(f"{secret.path} has no version {version}")
         return row
 
-    def _prune(self, session: Session, secret: Secret) -> builtins.list[int]:
+    def prune(self, session: Session, secret: Secret) -> builtins.list[int]:
         """Destroy the oldest kept versions beyond the configured number."""
         keep = secret.max_versions or self._core.settings.max_versions
         kept = session.scalars(select(SecretVersion).where(
@@ -351,15 +374,27 @@ class SecretsService:
         for row in kept[keep:]:
             if row.state in (VersionState.CURRENT.value, VersionState.PENDING.value):
                 continue
-            _erase(row)
+            erase(row)
             pruned.append(row.version)
         return sorted(pruned)
 
 
-def _erase(row: SecretVersion) -> None:
+def erase(row: SecretVersion) -> None:
     row.wrapped_key = row.nonce = row.ciphertext = None
     row.state = VersionState.DESTROYED.value
     row.destroyed_at = utcnow()
+
+
+def _refuse_during_rotation(session: Session, secret: Secret) -> None:
+    """A write between a rotation's ``create`` and ``finish`` would be overtaken by it (or
+    leave the service holding a value the vault no longer serves)."""
+    state = session.execute(select(Rotation.step).where(
+        Rotation.secret_id == secret.id)).scalar_one_or_none()
+    if state not in (None, RotationStep.IDLE.value):
+        raise VersionConflict(
+            f"a rotation of {secret.path} is half done ({state}); finish it with 'mlsecrets "
+            f"rotate {secret.path}' or abandon it with 'mlsecrets rotation cancel "
+            f"{secret.path}', then write")
 
 
 def _holds_name(session: Session, path: str) -> str | None:

@@ -23,6 +23,7 @@ from airflow_provider_mlsecrets.service.access import (
 )
 from airflow_provider_mlsecrets.service.audit import AuditService
 from airflow_provider_mlsecrets.service.keys import KeyService
+from airflow_provider_mlsecrets.service.rotation import RotationService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
 from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store import migrate, models
@@ -53,7 +54,8 @@ class KeyView:
 
 
 class Vault:
-    """``vault.secrets``, ``vault.access`` and ``vault.audit`` hold the operations; every
+    """``vault.secrets``, ``.access``, ``.audit``, ``.keys`` and ``.rotation`` hold the
+    operations; every
     one takes a :class:`Caller` and is authenticated, authorised and audited."""
 
     def __init__(self, settings: Settings, *, keys: KeyProvider | None = None) -> None:
@@ -62,6 +64,7 @@ class Vault:
         self.access = AccessService(self.core)
         self.audit = AuditService(self.core)
         self.keys = KeyService(self.core, lambda: self.secrets.envelope)
+        self.rotation = RotationService(self.core, self.secrets)
 
     @property
     def settings(self) -> Settings:

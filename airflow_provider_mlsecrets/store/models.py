@@ -121,6 +121,38 @@ class SecretVersion(Base):
     secret: Mapped[Secret] = relationship(back_populates="versions")
 
 
+class RotationStep(str, enum.Enum):
+    """Where a rotation stands: the last step that completed (``idle``: none running)."""
+
+    IDLE = "idle"
+    CREATED = "created"
+    SET = "set"
+    TESTED = "tested"
+
+
+class Rotation(Base):
+    """The rotation state of one secret. ``owner`` and ``lease_until`` let one run at a time
+    hold it (taken by check-and-set); the step and pending version let the next run resume."""
+
+    __tablename__ = "mlsecrets_rotations"
+    __table_args__ = (Index("ix_mlsecrets_rotations_due", "next_due_at"),)
+    secret_id: Mapped[int] = mapped_column(ForeignKey("mlsecrets_secrets.id"), primary_key=True,
+                                           autoincrement=False)
+    next_due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    step: Mapped[str] = mapped_column(String(16))
+    pending_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    invalidate_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_result: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    rotations: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Principal(Base):
     """A person or pipeline. Only the HSM-keyed hash of its token is stored."""
 

@@ -1,0 +1,165 @@
+"""The rotation DAG: find what is due, rotate each secret as its own mapped task (with
+retries that resume where a failure stopped), rotate the key-encryption key on its own
+cadence, apply retention, and end by verifying the audit chain.
+
+Every finished rotation emits an asset event for ``mlsecrets://PATH`` (through the asset
+alias :data:`ROTATED`), so a DAG scheduled on :func:`secret_asset` runs, or refreshes its
+clients, once the credential it depends on has changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import DAG, Asset, AssetAlias, dag, task
+
+from airflow_provider_mlsecrets.durations import parse_duration
+from airflow_provider_mlsecrets.errors import IntegrityError, RotationBusy
+
+ROTATED = "mlsecrets-rotated"
+SCHEME = "mlsecrets"
+log = logging.getLogger(__name__)
+
+
+def secret_asset(path: str) -> Asset:
+    """The asset that changes whenever the secret at ``path`` is rotated."""
+    return Asset(f"{SCHEME}://{path}")
+
+
+def _hook(conn_id: str) -> Any:
+    from airflow_provider_mlsecrets.hooks.vault import MLSecretsHook
+
+    return MLSecretsHook(mlsecrets_conn_id=conn_id)
+
+
+def create_rotation_dag(
+    dag_id: str = "mlsecrets_rotation",
+    *,
+    schedule: str | None = "@hourly",
+    start_date: datetime | None = None,
+    kek_every: str | None = "90d",
+    keep_retired_keys: bool = False,
+    mlsecrets_conn_id: str = "mlsecrets_rotation",
+    retries: int = 2,
+    retry_delay: timedelta = timedelta(minutes=1),
+    tags: Sequence[str] = ("mlsecrets",),
+    **dag_kwargs: Any,
+) -> DAG:
+    """Build the rotation DAG.
+
+    :param kek_every: rotate the key-encryption key when the current one is older than this
+        duration (``None``: never from this DAG).
+    :param keep_retired_keys: leave retired KEKs enabled after a key rotation (for sealed
+        values that still need re-sealing).
+    :param mlsecrets_conn_id: the connection whose extras configure the vault and the
+        rotating principal's ``token_file`` (a ``rotator`` principal with ``rotate`` and
+        ``list`` on the paths it rotates, ``inject`` on the credentials its rotators use,
+        and ``rotate``, ``list`` and ``audit`` on ``**`` for the key and the audit check);
+        if it does not exist, the ``MLSECRETS_*`` environment does.
+    """
+    kek_age = parse_duration(kek_every) if kek_every else None
+
+    @dag(dag_id=dag_id, schedule=schedule, catchup=False, max_active_runs=1,
+         start_date=start_date or datetime(2026, 1, 1, tzinfo=timezone.utc), tags=list(tags),
+         default_args={"retries": retries, "retry_delay": retry_delay},
+         doc_md=__doc__, **dag_kwargs)
+    def rotation() -> None:
+        @task
+        def find_due() -> list[str]:
+            hook = _hook(mlsecrets_conn_id)
+            due: list[str] = hook.vault.rotation.due(hook.caller())
+            log.info("%d secret(s) due: %s", len(due), ", ".join(due) or "none")
+            return due
+
+        @task(outlets=[AssetAlias(ROTATED)])
+        def rotate(path: str, *, outlet_events: Any = None) -> dict[str, Any]:
+            hook = _hook(mlsecrets_conn_id)
+            try:
+                result = hook.vault.rotation.rotate(hook.caller(), path, only_if_due=True)
+            except RotationBusy as exc:  # another run holds it: not this run's failure
+                log.warning("%s", exc)
+                return {"path": path, "result": "busy", "version": None}
+            if result.result == "rotated" and outlet_events is not None:
+                outlet_events[AssetAlias(ROTATED)].add(
+                    secret_asset(path), extra={"path": path, "version": result.version})
+            log.info("%s: %s (steps %s), current version %s", path, result.result,
+                     ",".join(result.steps) or "-", result.version)
+            return {"path": path, "result": result.result, "version": result.version}
+
+        @task
+        def rotate_key() -> dict[str, Any]:
+            hook = _hook(mlsecrets_conn_id)
+            vault, caller = hook.vault, hook.caller()
+            current = next(k for k in vault.key_list(caller) if k.state == "current")
+            created = datetime.fromisoformat(current.created_at.replace("Z", "+00:00"))
+            if kek_age is None or datetime.now(timezone.utc) - created < kek_age:
+                log.info("key %s is not due (created %s)", current.label, current.created_at)
+                return {"rotated": False, "current": current.label}
+            report = vault.keys.rotate(caller, disable=not keep_retired_keys)
+            log.info("key rotated: %s current, %d data keys re-wrapped, disabled %s",
+                     report.current, report.rewrapped, ", ".join(report.disabled) or "nothing")
+            return {"rotated": True, "current": report.current, "rewrapped": report.rewrapped,
+                    "failed": report.failed}
+
+        @task(trigger_rule="all_done")
+        def verify_and_summarise(due: list[str], results: Iterable[Any],
+                                 key: Mapping[str, Any] | None) -> dict[str, Any]:
+            hook = _hook(mlsecrets_conn_id)
+            vault, caller = hook.vault, hook.caller()
+            destroyed = vault.rotation.retain(caller)
+            summary = summarise(due or [], results or [],
+                                [s.path for s in vault.rotation.status(caller)])
+            summary["destroyed"] = destroyed
+            summary["key"] = dict(key) if key else {"rotated": None}
+            for line in format_summary(summary):
+                log.info("%s", line)
+            try:
+                report = vault.audit.verify(caller)
+                problems = report.problems
+            except IntegrityError as exc:
+                problems = [str(exc)]
+            if problems:  # no retry: tampering does not heal
+                from airflow.exceptions import AirflowFailException
+
+                raise AirflowFailException("AUDIT CHAIN VERIFICATION FAILED: "
+                                           + "; ".join(problems))
+            summary["audit"] = {"ok": True, "records": report.records}
+            log.info("audit chain verified: %d records", report.records)
+            return summary
+
+        due = find_due()
+        results = rotate.expand(path=due)
+        key = rotate_key()
+        verify_and_summarise(due, results, key)  # type: ignore[arg-type]  # XComArgs
+
+    built: DAG = rotation()
+    return built
+
+
+def summarise(due: Sequence[str], results: Iterable[Any],
+              with_policy: Sequence[str]) -> dict[str, Any]:
+    """Rotated, invalidated, busy (another run held it), failed (due, but its mapped task
+    left no result) and skipped (under a policy but not due)."""
+    by_path = {r["path"]: r["result"] for r in results if isinstance(r, Mapping)}
+    out: dict[str, list[str]] = {k: [] for k in ("rotated", "invalidated", "busy", "failed",
+                                                 "skipped")}
+    for path in due:
+        result = by_path.get(path, "failed")
+        out["skipped" if result == "not due" else result].append(path)
+    out["skipped"] += [p for p in with_policy if p not in set(due)]
+    return dict(out)
+
+
+def format_summary(summary: Mapping[str, Any]) -> list[str]:
+    lines = ["rotation summary:"]
+    for kind in ("rotated", "invalidated", "failed", "busy", "skipped"):
+        paths = summary.get(kind, [])
+        lines.append(f"  {kind:<12}{len(paths):>4}  {', '.join(paths)}")
+    key = summary.get("key") or {}
+    lines.append(f"  key rotated {key.get('rotated')}  current {key.get('current', '-')}")
+    if summary.get("destroyed"):
+        lines.append(f"  destroyed after retention: {', '.join(summary['destroyed'])}")
+    return lines
