@@ -15,7 +15,7 @@ from airflow_provider_mlsecrets.rotation.dag import format_summary, secret_asset
 from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.service._core import utcnow
 from airflow_provider_mlsecrets.store.engine import engine_for
-from tests.airflow_env import AirflowEnv
+from tests.airflow_env import ROOT, AirflowEnv
 from tests.airflow_env import airflow_env as airflow_env
 
 DUE = ["rot/api_token", "rot/webhook_secret"]
@@ -72,6 +72,24 @@ def test_the_dag_rotates_what_is_due_emits_asset_events_and_verifies(
     again = run_rotation(rotation_env)  # nothing due now: nothing changes
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert [v.version for v in vault.secrets.versions(admin, DUE[0])] == [1, 2]
+
+
+def test_the_dag_rotates_the_key_encryption_key_on_its_cadence(
+        rotation_env: AirflowEnv) -> None:
+    vault, admin = rotation_env.vault, rotation_env.admin
+    before = {k.label: k.state for k in vault.key_list(admin)}
+    got = rotation_env.run("dags", "test", "mlsecrets_rotation_keys",
+                           AIRFLOW__CORE__PARALLELISM="1",
+                           AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "tests" / "dags"))
+    assert got.returncode == 0, (got.stdout + got.stderr)[-4000:]
+    keys = {k.label: k for k in vault.key_list(admin)}
+    [old] = [label for label, state in before.items() if state == "current"]
+    [new] = [k for k in keys.values() if k.state == "current"]
+    assert keys[old].state == "disabled" and keys[old].versions_wrapped == 0
+    assert new.label != old and new.versions_wrapped > 0
+    assert "key rotated True" in got.stdout + got.stderr
+    for path in [*DUE, LATER]:
+        assert vault.secrets.read(admin, path)
 
 
 def test_the_dag_fails_loudly_on_an_altered_audit_trail(rotation_env: AirflowEnv) -> None:
