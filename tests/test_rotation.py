@@ -6,6 +6,7 @@ the audit trail of every step."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import sys
@@ -311,3 +312,160 @@ def test_random_rotator_makes_values_of_the_configured_shape(env: Env) -> None:
     assert len(value) == 48 and set(value.decode()) <= set("0123456789abcdef")
     statuses = env.vault.rotation.status(env.admin)
     assert [s.path for s in statuses] == ["ml/token"] and statuses[0].rotations == 1
+
+
+# -- regressions from the security review: each was a reproduced defect ------------------
+def _stop_after(step: str) -> object:
+    def hook(done: str) -> None:
+        if done == step:
+            raise RuntimeError("worker lost")
+    return hook
+
+
+def test_an_interrupted_cancel_is_finished_by_the_next_run_never_promoted(
+        env: Env, service: ProbeService) -> None:
+    start(env, service)
+    with pytest.raises(RotationFailed):
+        env.vault.rotation.rotate(env.admin, PATH, after_step=_stop_after("test"))
+    pending = env.vault.secrets.read(env.admin, PATH, 2)
+    service.fail("invalidate")
+    with pytest.raises(RotationFailed, match="next run finishes the cancel"):
+        env.vault.rotation.cancel(env.admin, PATH)
+    assert env.vault.rotation.show(env.admin, PATH).step == "cancelling"
+    with pytest.raises(VersionConflict):
+        env.vault.secrets.put(env.admin, PATH, b"manual")
+    service.fail("invalidate", on=False)
+    result = env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
+    assert result.result == "cancelled"
+    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+    assert service.valid("initial-value") and not service.valid(pending)
+    assert states(env) == {1: "current", 2: "destroyed"}
+
+
+def test_a_resumed_rotation_tests_again_before_it_promotes(env: Env,
+                                                           service: ProbeService) -> None:
+    start(env, service)
+    with pytest.raises(RotationFailed):
+        env.vault.rotation.rotate(env.admin, PATH, after_step=_stop_after("test"))
+    pending = env.vault.secrets.read(env.admin, PATH, 2)
+    with service.state() as data:  # the service lost the value after it was tested
+        data["valid"].remove(pending.decode())
+    with pytest.raises(RotationFailed, match="failed at test"):
+        env.vault.rotation.rotate(env.admin, PATH)
+    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+
+
+def test_a_policy_is_a_disclosure_and_needs_read_on_every_path_it_names(
+        env: Env, service: ProbeService, tmp_path: Path) -> None:
+    from airflow_provider_mlsecrets.errors import AccessDenied
+
+    env.vault.secrets.put(env.admin, "db/admin", b"postgresql://admin:pw@127.0.0.1/x")
+    env.vault.secrets.put(env.admin, PATH, b"v")
+    fenced = env.principal("fenced-engineer", "security_engineer")
+    env.vault.access.grant(env.admin, "fenced-engineer", "db/**", ["read", "inject"], deny=True)
+    evil = RotationPolicy(schedule="1d", rotator="http", config={
+        "issue_url": "http://127.0.0.1:9/issue", "test_url": "http://127.0.0.1:9/t",
+        "revoke_url": "http://127.0.0.1:9/r", "admin_secret": "db/admin"})
+    with pytest.raises(AccessDenied, match="read on db/admin"):
+        env.vault.rotation.set_policy(fenced, PATH, evil)
+    env.vault.secrets.put(env.admin, "db/prod", b"prod-secret")
+    with pytest.raises(AccessDenied):  # not even for the fenced path itself
+        env.vault.rotation.set_policy(fenced, "db/prod", policy(service))
+    writer = env.principal("writer", "pipeline", ("ml/**", ["inject"]))
+    with pytest.raises(AccessDenied):
+        env.vault.rotation.set_policy(writer, PATH, policy(service))
+    env.vault.rotation.set_policy(env.admin, PATH, evil)  # an unfenced engineer may
+
+
+def test_a_state_row_naming_the_current_version_for_invalidation_is_refused(
+        env: Env, service: ProbeService) -> None:
+    start(env, service)
+    env.vault.rotation.rotate(env.admin, PATH)
+    current = env.vault.secrets.read(env.admin, PATH)
+    with engine_for(env.settings.db_url).begin() as c:
+        sid = c.execute(select(Secret.id).where(Secret.path == PATH)).scalar_one()
+        c.execute(update(Rotation).where(Rotation.secret_id == sid).values(
+            previous_version=2, invalidate_after=utcnow() - timedelta(hours=1)))
+    with pytest.raises(IntegrityError):
+        env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
+    assert service.valid(current)
+
+
+def test_a_pending_or_awaited_version_cannot_be_destroyed_or_pruned(
+        env: Env, service: ProbeService) -> None:
+    settings = dataclasses.replace(env.settings, max_versions=1)
+    vault = Vault(settings)
+    start(env, service, grace="1s")
+    vault.rotation.rotate(env.admin, PATH)  # prune keeps version 1: it awaits invalidation
+    assert states(env) == {1: "previous", 2: "current"}
+    with pytest.raises(VersionConflict, match="still needed by its rotation"):
+        vault.secrets.destroy(env.admin, PATH, 1)
+    time.sleep(1.1)
+    assert vault.rotation.rotate(env.admin, PATH, only_if_due=True).result == "invalidated"
+    assert not service.valid("initial-value")
+    vault.secrets.destroy(env.admin, PATH, 1)  # now it may go
+
+
+def test_a_write_or_policy_change_during_a_running_rotation_is_refused(
+        env: Env, service: ProbeService) -> None:
+    start(env, service)
+    attempts: list[str] = []
+
+    def meddle(done: str) -> None:
+        if done == "create":
+            for action in (lambda: env.vault.secrets.put(env.admin, PATH, b"manual"),
+                           lambda: env.vault.rotation.set_policy(env.admin, PATH,
+                                                                 policy(service)),
+                           lambda: env.vault.rotation.clear_policy(env.admin, PATH)):
+                try:
+                    action()
+                    attempts.append("allowed")
+                except (VersionConflict, InvalidInput) as exc:
+                    attempts.append(type(exc).__name__)
+
+    env.vault.rotation.rotate(env.admin, PATH, after_step=meddle)
+    assert attempts == ["VersionConflict", "InvalidInput", "InvalidInput"]
+    assert states(env) == {1: "previous", 2: "current"}
+
+
+def test_retention_counts_from_the_moment_a_version_was_retired(
+        env: Env, service: ProbeService) -> None:
+    start(env, service, grace="1h", retention="2s")
+    env.vault.rotation.rotate(env.admin, PATH)
+    time.sleep(2.1)
+    env.vault.rotation.rotate(env.admin, PATH)  # v1 invalidated and retired only now
+    assert env.vault.rotation.retain(env.admin) == []
+    time.sleep(2.1)
+    assert env.vault.rotation.retain(env.admin) == [f"{PATH} v1"]
+
+
+def test_an_inner_rotator_error_never_shows_the_bare_password(
+        env: Env, service: ProbeService) -> None:
+    conn = json.dumps({"conn_type": "generic", "host": "h", "login": "u",
+                       "password": "old-conn-pw"}).encode()
+    env.vault.secrets.put(env.admin, "connections/svc", conn)
+    env.vault.rotation.set_policy(env.admin, "connections/svc", RotationPolicy(
+        schedule="1d", rotator="airflow_connection",
+        config={"via": "probe", "config": {"dir": str(service.dir)}}))
+    service.fail("set")
+    with pytest.raises(RotationFailed) as caught:
+        env.vault.rotation.rotate(env.admin, "connections/svc")
+    new = json.loads(env.vault.secrets.read(env.admin, "connections/svc", 2))["password"]
+    status = env.vault.rotation.show(env.admin, "connections/svc")
+    for text in (str(caught.value), status.last_error or ""):
+        assert new not in text and "refused value ***" in text
+    service.fail("set", on=False)
+    env.vault.rotation.rotate(env.admin, "connections/svc")
+    assert service.valid(json.loads(env.vault.secrets.read(
+        env.admin, "connections/svc"))["password"])
+
+
+def test_a_connection_without_a_password_keeps_rotating(env: Env,
+                                                        service: ProbeService) -> None:
+    env.vault.secrets.put(env.admin, "connections/nopw", b"generic://u@h:1/db")
+    env.vault.rotation.set_policy(env.admin, "connections/nopw", RotationPolicy(
+        schedule="1d", rotator="airflow_connection",
+        config={"via": "probe", "config": {"dir": str(service.dir)}}))
+    env.vault.rotation.rotate(env.admin, "connections/nopw")
+    env.vault.rotation.rotate(env.admin, "connections/nopw")  # invalidates the password-less v1
+    assert env.vault.secrets.read(env.admin, "connections/nopw").startswith(b"generic://u:")

@@ -49,6 +49,11 @@ class Rotator(abc.ABC):
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
 
+    def secret_paths(self) -> list[str]:
+        """The vault paths this configuration makes the rotator fetch (``ctx.secret``).
+        Setting the policy needs ``read`` on each: a policy decides where they are sent."""
+        return []
+
     @abc.abstractmethod
     def create(self, ctx: RotationContext) -> bytes:
         """A new value (a service that issues keys issues one here)."""

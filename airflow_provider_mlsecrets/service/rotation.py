@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.audit.record import Outcome, format_ts
 from airflow_provider_mlsecrets.errors import (
+    AccessDenied,
     IntegrityError,
     InvalidInput,
     MLSecretsError,
@@ -47,11 +48,18 @@ from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.rotation.interface import RotationContext, Rotator
 from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
-from airflow_provider_mlsecrets.service.secrets import SecretsService, erase
+from airflow_provider_mlsecrets.service.secrets import (
+    SecretsService,
+    erase,
+    retire,
+    rotation_busy,
+    rotation_versions,
+)
 from airflow_provider_mlsecrets.store.models import (
     Rotation,
     RotationStep,
     Secret,
+    SecretVersion,
     VersionState,
 )
 
@@ -99,6 +107,7 @@ class _Plan:
     pending: bytes | None = field(repr=False)
     current_version: int | None = None
     create: bool = False  # a new value is made in this run (not only an invalidation)
+    set_at_service: bool = False  # a cancel must give the service the current value back
 
 
 class RotationService:
@@ -109,12 +118,24 @@ class RotationService:
     # -- policy ----------------------------------------------------------------------
     def set_policy(self, caller: Caller, path: str, policy: RotationPolicy, *,
                    next_due: datetime | None = None) -> RotationStatus:
-        """Rotate ``path`` on ``policy`` from now on (``write``: the policy decides where its
-        value goes). The first rotation is due at ``next_due`` or one interval from now."""
+        """Rotate ``path`` on ``policy`` from now on. A policy decides where the value (and
+        any credential its rotator fetches) is sent, so it needs ``read`` and ``write`` on
+        ``path`` and ``read`` on every vault path its configuration names: no one can route
+        a value past a fence. The first rotation is due at ``next_due`` or one interval
+        from now."""
         path = parse_path(path)
-        policy.load_rotator()
-        with self._core.operation(caller, "rotation.policy", Capability.WRITE, path) as op:
+        rotator = policy.load_rotator()
+        with self._core.operation(caller, "rotation.policy", Capability.READ, path) as op:
+            for capability, target in [(Capability.WRITE, path),
+                                       *((Capability.READ, p) for p in rotator.secret_paths())]:
+                decision = op.actor.may(capability, target)
+                if not decision.allowed:
+                    raise AccessDenied(f"a rotation policy for {path} needs "
+                                       f"{capability.value} on {target}: {decision.reason}")
             secret = self._secrets.existing(op.session, path, lock=True)
+            busy = rotation_busy(op.session, secret)
+            if busy is not None:
+                raise InvalidInput(f"{busy}; finish or cancel it before changing its policy")
             secret.rotation = policy.to_json()
             self._secrets.seal_row(op.session, secret)
             now = utcnow()
@@ -136,9 +157,10 @@ class RotationService:
         with self._core.operation(caller, "rotation.policy", Capability.WRITE, path) as op:
             secret = self._secrets.existing(op.session, path, lock=True)
             state = op.session.get(Rotation, secret.id)
-            if state is not None and state.step != RotationStep.IDLE.value:
-                raise InvalidInput(f"a rotation of {path} is half done ({state.step}); finish "
-                                   f"it ('mlsecrets rotate {path}') or cancel it first")
+            busy = rotation_busy(op.session, secret)
+            if busy is not None:
+                raise InvalidInput(f"{busy}; finish it ('mlsecrets rotate {path}') or cancel "
+                                   "it first")
             secret.rotation = None
             self._secrets.seal_row(op.session, secret)
             if state is not None and state.previous_version is None:
@@ -175,27 +197,28 @@ class RotationService:
     def rotate(self, caller: Caller, path: str, *, only_if_due: bool = False,
                after_step: StepHook | None = None) -> RotationResult:
         """Run (or resume) the rotation of ``path`` now; with ``only_if_due``, do only what
-        is due (a rotation, a resumption or an invalidation)."""
+        is due (a rotation, a resumption or an invalidation). A cancel that was interrupted
+        is finished instead."""
         path = parse_path(path)
         run = str(uuid.uuid4())
         hook = after_step or (lambda step: None)
         plan, expired = self._begin(caller, path, run, only_if_due)
         if plan is None:
             return RotationResult(path, "not due", None, None, ())
-        known: builtins.list[bytes] = [v for v in (plan.current, plan.pending) if v]
-
-        def fetch(other: str) -> bytes:
-            value = self._secrets.inject(caller, other)
-            known.append(value)
-            return value
-
-        ctx = RotationContext(path=path, current=plan.current, secret=fetch)
+        if plan.step is RotationStep.CANCELLING:
+            self._undo(caller, path, run, plan)
+            return RotationResult(path, "cancelled", plan.current_version, None, ("cancel",))
+        if plan.step is RotationStep.TESTED:
+            # a resumed run tests again before it promotes: cheap, and it never trusts a
+            # "tested" it did not see (the state row is not under a MAC)
+            plan.step = RotationStep.SET
+        ctx, known = self._context(caller, path, plan)
         steps: builtins.list[str] = []
         try:
             if expired is not None:  # invalidate what the grace period let live
-                plan.rotator.invalidate(ctx, expired)
                 known.append(expired)
-                self._invalidated(caller, path, run)
+                plan.rotator.invalidate(ctx, expired)
+                self._invalidated(caller, path, run, "at its service")
                 steps.append("invalidate")
                 hook("invalidate")
             if plan.create:
@@ -240,7 +263,8 @@ class RotationService:
     def cancel(self, caller: Caller, path: str) -> None:
         """Abandon a half-done rotation: the service is given the current value back (if the
         new one was already set there), the pending value is invalidated at the service and
-        its version destroyed."""
+        its version destroyed. The cancel is recorded before the service is touched, so an
+        interrupted cancel is finished by the next run, never promoted."""
         path = parse_path(path)
         run = str(uuid.uuid4())
         plan, _ = self._begin(caller, path, run, False, action="rotation.cancel")
@@ -248,42 +272,66 @@ class RotationService:
         if plan.step is RotationStep.IDLE:
             self._release(caller, path, run)
             raise InvalidInput(f"no rotation of {path} is in progress")
-        known = [v for v in (plan.current, plan.pending) if v]
+        if plan.step is not RotationStep.CANCELLING:
+            with self._step(caller, "rotation.cancel", path, run) as (op, _secret, state):
+                op.reason += f"; undoing a rotation stopped after {state.step}"
+                plan.set_at_service = state.step in (RotationStep.SET.value,
+                                                     RotationStep.TESTED.value)
+                state.step = RotationStep.CANCELLING.value
+        self._undo(caller, path, run, plan)
+
+    def _undo(self, caller: Caller, path: str, run: str, plan: _Plan) -> None:
+        """The service side of a cancel, then the pending version destroyed. Both rotator
+        calls are idempotent, so a resumed cancel simply makes them again."""
+        ctx, known = self._context(caller, path, plan)
         try:
-            ctx = RotationContext(path=path, current=plan.current,
-                                  secret=lambda other: self._secrets.inject(caller, other))
-            if plan.step in (RotationStep.SET, RotationStep.TESTED) and plan.current:
+            if plan.set_at_service and plan.current:
                 plan.rotator.set(ctx, plan.current)
             if plan.pending:  # a value the service issued in create must not stay valid
                 plan.rotator.invalidate(ctx, plan.pending)
         except Exception as exc:
             reason = _redacted_reason(exc, known)
             self._fail(caller, path, run, reason)
-            raise RotationFailed(f"could not give the service the current value of {path} "
-                                 f"back: {reason}; nothing was cancelled") from None
+            raise RotationFailed(f"cancelling the rotation of {path} failed: {reason}; the "
+                                 "current version is served, and 'mlsecrets rotation cancel' "
+                                 "or the next run finishes the cancel") from None
         with self._step(caller, "rotation.cancel", path, run) as (op, secret, state):
             if state.pending_version is not None:
                 erase(self._secrets.version_row(op.session, secret, state.pending_version))
                 op.reason += f"; pending version {state.pending_version} destroyed"
             state.step = RotationStep.IDLE.value
             state.pending_version = None
+            state.last_result = "cancelled"
+            state.last_finished_at = utcnow()
             _release_state(state)
+
+    def _context(self, caller: Caller, path: str,
+                 plan: _Plan) -> tuple[RotationContext, builtins.list[bytes]]:
+        """The rotator's context and every value this run knows (to redact from errors),
+        including the credentials the rotator fetches."""
+        known: builtins.list[bytes] = [v for v in (plan.current, plan.pending) if v]
+
+        def fetch(other: str) -> bytes:
+            value = self._secrets.inject(caller, other)
+            known.append(value)
+            return value
+
+        return RotationContext(path=path, current=plan.current, secret=fetch), known
 
     def retain(self, caller: Caller, now: datetime | None = None) -> builtins.list[str]:
         """Destroy retired versions older than their policy's retention ("path vN" each),
-        counted from the moment the next version replaced them."""
+        counted from the moment each was retired."""
         now = now or utcnow()
         with self._core.operation(caller, "rotation.retain", None) as op:
             destroyed = []
             for secret, _ in self._policies(op, Capability.ROTATE):
                 keep = RotationPolicy.from_json(secret.rotation or "").retention_period
-                rows = {v.version: v for v in secret.versions}
-                for number, row in rows.items():
-                    successor = rows.get(number + 1)
-                    if (row.state == VersionState.RETIRED.value and successor is not None
-                            and successor.created_at + keep <= now):
+                needed = rotation_versions(op.session, secret)
+                for row in secret.versions:
+                    if (row.state == VersionState.RETIRED.value and row.version not in needed
+                            and row.retired_at is not None and row.retired_at + keep <= now):
                         erase(row)
-                        destroyed.append(f"{secret.path} v{number}")
+                        destroyed.append(f"{secret.path} v{row.version}")
             op.reason += "; destroyed " + (", ".join(destroyed) or "nothing")
             return destroyed
 
@@ -316,24 +364,55 @@ class RotationService:
             if secret.current_version is not None:
                 plan.current = self._decrypt(op.session, secret, secret.current_version)
             if plan.step is not RotationStep.IDLE:
-                if state.pending_version != secret.latest_version or state.pending_version is None:
-                    raise IntegrityError(f"the rotation state of {path} does not match its "
-                                         "versions: altered outside the vault")
-                plan.pending = self._decrypt(op.session, secret, state.pending_version)
+                plan.pending = self._decrypt(op.session, secret,
+                                             self._pending_version(secret, state))
+                plan.set_at_service = plan.step is RotationStep.CANCELLING  # it may have been
             plan.create = plan.step is RotationStep.IDLE and (
                 not only_if_due or state.next_due_at <= now)
             # the previous value is invalidated once its grace period is over, or before a new
             # value replaces it (a rotation sooner than the grace period cuts it short)
             expired = None
-            previous = state.previous_version
+            previous = self._previous_row(op, secret, state)
             if previous is not None and (plan.create or state.invalidate_after is None
                                          or state.invalidate_after <= now):
-                expired = self._decrypt(op.session, secret, previous)
+                expired = self._secrets.decrypt(op.session, path, previous)
             op.version = secret.current_version
             op.reason += (f"; resuming after {state.step}" if plan.step is not RotationStep.IDLE
                           else "; starting") + (" (a dead run's lease had run out)"
                                                 if resumed else "")
             return plan, expired
+
+    def _pending_version(self, secret: Secret, state: Rotation) -> int:
+        """The pending version of a half-done rotation, checked against what the secret's
+        MAC covers: only the newest version, above the current one, still ``pending``."""
+        pending = state.pending_version
+        rows = {v.version: v for v in secret.versions}
+        if (pending is None or pending != secret.latest_version
+                or pending <= (secret.current_version or 0) or pending not in rows
+                or rows[pending].state != VersionState.PENDING.value):
+            raise IntegrityError(f"the rotation state of {secret.path} does not match its "
+                                 "versions: altered outside the vault")
+        return pending
+
+    def _previous_row(self, op: Op, secret: Secret, state: Rotation) -> SecretVersion | None:
+        """The previous version awaiting invalidation: older than the current one (so the
+        current value is never invalidated), and still holding its data; one that was
+        destroyed meanwhile can no longer be invalidated, which is recorded and dropped."""
+        previous = state.previous_version
+        if previous is None:
+            return None
+        if previous >= (secret.current_version or 0):
+            raise IntegrityError(f"the rotation state of {secret.path} names version "
+                                 f"{previous} for invalidation, which is not older than the "
+                                 "current one: altered outside the vault")
+        row = self._secrets.version_row(op.session, secret, previous)
+        if row.state == VersionState.DESTROYED.value:
+            op.reason += (f"; version {previous} was destroyed before it could be invalidated "
+                          "at its service: invalidate it there by hand")
+            state.previous_version = None
+            state.invalidate_after = None
+            return None
+        return row
 
     def _advance(self, caller: Caller, path: str, run: str, step: RotationStep,
                  pending: bytes | None = None) -> None:
@@ -382,15 +461,15 @@ class RotationService:
                 f", version {previous} works until {format_ts(state.invalidate_after or now)}")
             return pending, previous
 
-    def _invalidated(self, caller: Caller, path: str, run: str) -> None:
+    def _invalidated(self, caller: Caller, path: str, run: str, where: str) -> None:
         with self._step(caller, "rotation.invalidate", path, run) as (op, secret, state):
             previous = state.previous_version
             if previous is not None:
                 row = self._secrets.version_row(op.session, secret, previous)
                 if row.state == VersionState.PREVIOUS.value:
-                    row.state = VersionState.RETIRED.value
+                    retire(row)
                 op.version = previous
-                op.reason += f"; version {previous} invalidated at its service, retired"
+                op.reason += f"; version {previous} invalidated {where}, retired"
             state.previous_version = None
             state.invalidate_after = None
 
@@ -449,7 +528,8 @@ _VERB = {RotationStep.CREATED: "create", RotationStep.SET: "set", RotationStep.T
 
 def _next_step(step: RotationStep) -> str:
     return {RotationStep.IDLE: "create", RotationStep.CREATED: "set",
-            RotationStep.SET: "test", RotationStep.TESTED: "finish"}[step]
+            RotationStep.SET: "test", RotationStep.TESTED: "finish",
+            RotationStep.CANCELLING: "cancel"}[step]
 
 
 def _locked_state(session: Session, secret: Secret) -> Rotation | None:

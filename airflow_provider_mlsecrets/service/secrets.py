@@ -143,9 +143,10 @@ class SecretsService:
                 SecretVersion.secret_id == secret.id, SecretVersion.id != row.id,
                 SecretVersion.state.in_([VersionState.CURRENT.value,
                                          VersionState.PREVIOUS.value]))):
-            older.state = (VersionState.PREVIOUS.value
-                           if older.state == VersionState.CURRENT.value
-                           else VersionState.RETIRED.value)
+            if older.state == VersionState.CURRENT.value:
+                older.state = VersionState.PREVIOUS.value
+            else:
+                retire(older)
         row.state = VersionState.CURRENT.value
         secret.current_version = row.version
         secret.updated_at = utcnow()
@@ -168,6 +169,11 @@ class SecretsService:
             if row.state == VersionState.DESTROYED.value:
                 op.reason += "; already destroyed"
                 return
+            if version in rotation_versions(op.session, secret):
+                raise VersionConflict(
+                    f"version {version} of {path} is still needed by its rotation (pending, or "
+                    "awaiting invalidation at its service); finish or cancel the rotation "
+                    f"('mlsecrets rotate {path}' / 'mlsecrets rotation cancel {path}') first")
             if secret.current_version == version:
                 secret.current_version = None
                 self.seal_row(op.session, secret)
@@ -370,13 +376,20 @@ class SecretsService:
             SecretVersion.secret_id == secret.id,
             SecretVersion.state != VersionState.DESTROYED.value,
         ).order_by(SecretVersion.version.desc())).all()
+        needed = rotation_versions(session, secret)
         pruned = []
         for row in kept[keep:]:
-            if row.state in (VersionState.CURRENT.value, VersionState.PENDING.value):
+            if row.state in (VersionState.CURRENT.value, VersionState.PENDING.value) \
+                    or row.version in needed:
                 continue
             erase(row)
             pruned.append(row.version)
         return sorted(pruned)
+
+
+def retire(row: SecretVersion) -> None:
+    row.state = VersionState.RETIRED.value
+    row.retired_at = utcnow()
 
 
 def erase(row: SecretVersion) -> None:
@@ -385,16 +398,39 @@ def erase(row: SecretVersion) -> None:
     row.destroyed_at = utcnow()
 
 
+def rotation_busy(session: Session, secret: Secret) -> str | None:
+    """Why a rotation of ``secret`` is in progress (a step past ``idle``, or a run holding
+    its lease), or ``None``."""
+    state = session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
+                            ).scalar_one_or_none()
+    if state is None:
+        return None
+    if state.step != RotationStep.IDLE.value:
+        return f"a rotation of {secret.path} is half done ({state.step})"
+    if state.owner is not None and state.lease_until is not None \
+            and state.lease_until > utcnow():
+        return f"a rotation of {secret.path} is running"
+    return None
+
+
+def rotation_versions(session: Session, secret: Secret) -> set[int]:
+    """Versions a rotation still needs: its pending value, and the previous value it has
+    yet to invalidate at the service."""
+    state = session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
+                            ).scalar_one_or_none()
+    if state is None:
+        return set()
+    return {v for v in (state.pending_version, state.previous_version) if v is not None}
+
+
 def _refuse_during_rotation(session: Session, secret: Secret) -> None:
     """A write between a rotation's ``create`` and ``finish`` would be overtaken by it (or
     leave the service holding a value the vault no longer serves)."""
-    state = session.execute(select(Rotation.step).where(
-        Rotation.secret_id == secret.id)).scalar_one_or_none()
-    if state not in (None, RotationStep.IDLE.value):
+    busy = rotation_busy(session, secret)
+    if busy is not None:
         raise VersionConflict(
-            f"a rotation of {secret.path} is half done ({state}); finish it with 'mlsecrets "
-            f"rotate {secret.path}' or abandon it with 'mlsecrets rotation cancel "
-            f"{secret.path}', then write")
+            f"{busy}; finish it with 'mlsecrets rotate {secret.path}' or abandon it with "
+            f"'mlsecrets rotation cancel {secret.path}', then write")
 
 
 def _holds_name(session: Session, path: str) -> str | None:

@@ -118,6 +118,7 @@ class SecretVersion(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     secret: Mapped[Secret] = relationship(back_populates="versions")
 
 
@@ -128,6 +129,7 @@ class RotationStep(str, enum.Enum):
     CREATED = "created"
     SET = "set"
     TESTED = "tested"
+    CANCELLING = "cancelling"  # a cancel began to undo the service side; resumed, not finished
 
 
 class Rotation(Base):

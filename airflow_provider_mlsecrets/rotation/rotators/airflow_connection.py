@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.injection.redact import Redactor
 from airflow_provider_mlsecrets.rotation.interface import (
     RotationContext,
     Rotator,
@@ -22,12 +23,14 @@ from airflow_provider_mlsecrets.rotation.interface import (
 )
 from airflow_provider_mlsecrets.rotation.registry import load_rotator
 
+T = TypeVar("T")
+
 
 @dataclasses.dataclass(frozen=True)
 class _Connection:
     """A connection value split around its password."""
 
-    text: str
+    text: str = dataclasses.field(repr=False)
     is_json: bool
 
     @classmethod
@@ -94,8 +97,12 @@ class AirflowConnectionRotator(Rotator):
         if not isinstance(inner, dict):
             raise InvalidInput("rotator configuration: 'config' must be a JSON object")
         self.inner_config = inner
-        if self.via != "postgres":
-            load_rotator(self.via, inner)  # validate now; postgres waits for the connection
+        # validate now; for postgres the role may come from the connection later
+        placeholder = {"role": "placeholder"} if self.via == "postgres" else {}
+        self._validated = load_rotator(self.via, {**placeholder, **inner})
+
+    def secret_paths(self) -> list[str]:
+        return self._validated.secret_paths()
 
     def _inner(self, ctx: RotationContext) -> tuple[Rotator, RotationContext]:
         if ctx.current is None:
@@ -122,16 +129,34 @@ class AirflowConnectionRotator(Rotator):
     def create(self, ctx: RotationContext) -> bytes:
         inner, inner_ctx = self._inner(ctx)
         assert ctx.current is not None
-        return _Connection.parse(ctx.current).with_password(inner.create(inner_ctx))
+        conn = _Connection.parse(ctx.current)
+        return conn.with_password(self._guarded(lambda: inner.create(inner_ctx), inner_ctx))
 
     def set(self, ctx: RotationContext, pending: bytes) -> None:
         inner, inner_ctx = self._inner(ctx)
-        inner.set(inner_ctx, self._password(pending))
+        password = self._password(pending)
+        self._guarded(lambda: inner.set(inner_ctx, password), inner_ctx, password)
 
     def test(self, ctx: RotationContext, pending: bytes) -> None:
         inner, inner_ctx = self._inner(ctx)
-        inner.test(inner_ctx, self._password(pending))
+        password = self._password(pending)
+        self._guarded(lambda: inner.test(inner_ctx, password), inner_ctx, password)
 
     def invalidate(self, ctx: RotationContext, previous: bytes) -> None:
+        password = _Connection.parse(previous).password
+        if password is None:  # a connection that had no password: nothing to invalidate
+            return
         inner, inner_ctx = self._inner(ctx)
-        inner.invalidate(inner_ctx, self._password(previous))
+        self._guarded(lambda: inner.invalidate(inner_ctx, password), inner_ctx, password)
+
+    @staticmethod
+    def _guarded(call: Callable[[], T], ctx: RotationContext, *values: bytes) -> T:
+        """Run an inner step; its error is re-raised with every password this step knows
+        redacted (the engine knows whole connections, not the bare passwords in them)."""
+        try:
+            return call()
+        except Exception as exc:
+            failure = exc
+        known = [v for v in (ctx.current, *values) if v]
+        redact = Redactor(v.decode("utf-8", "replace") for v in known)
+        raise RotatorError(redact(f"{type(failure).__name__}: {failure}")) from None

@@ -118,6 +118,9 @@ class HttpRotator(Rotator):
         self.revoke_field = config_str(config, "revoke_field", default="key")
 
     # --- the four steps -----------------------------------------------------------------
+    def secret_paths(self) -> list[str]:
+        return [] if self.admin_secret is None else [self.admin_secret]
+
     def create(self, ctx: RotationContext) -> bytes:
         """Ask the service for a new key; from here on it exists at the service."""
         status, content = self._call("issue", "POST", self.issue_endpoint,

@@ -280,6 +280,9 @@ class PostgresRotator(Rotator):
         return RotatorError(_scrub(f"postgres rotator: {message}", (*known, current)))
 
     # -- the four steps --------------------------------------------------------------
+    def secret_paths(self) -> list[str]:
+        return [self.admin_secret]
+
     def create(self, ctx: RotationContext) -> bytes:
         return "".join(secrets.choice(ALPHABET) for _ in range(self.length)).encode()
 
