@@ -235,18 +235,15 @@ class RotationService:
             pending = plan.pending
             if pending is None:
                 raise IntegrityError(f"the pending version of {path} is missing")
-            if plan.step is RotationStep.CREATED:
-                plan.rotator.set(ctx, pending)
-                self._advance(caller, path, run, RotationStep.SET)
-                plan.step = RotationStep.SET
-                steps.append("set")
-                hook("set")
-            if plan.step is RotationStep.SET:
-                plan.rotator.test(ctx, pending)
-                self._advance(caller, path, run, RotationStep.TESTED)
-                plan.step = RotationStep.TESTED
-                steps.append("test")
-                hook("test")
+            for before, call, after in ((RotationStep.CREATED, plan.rotator.set, RotationStep.SET),
+                                        (RotationStep.SET, plan.rotator.test,
+                                         RotationStep.TESTED)):
+                if plan.step is before:
+                    call(ctx, pending)
+                    self._advance(caller, path, run, after)
+                    plan.step = after
+                    steps.append(_VERB[after])
+                    hook(_VERB[after])
             version, previous = self._finish(caller, path, run, plan.policy)
             steps.append("finish")
             hook("finish")
