@@ -30,6 +30,10 @@ class AccessDenied(MLSecretsError):
     exit_code = 3
 
 
+class Unauthenticated(AccessDenied):
+    """No valid credential: none given, unknown, malformed, revoked or expired."""
+
+
 class NotFound(MLSecretsError):
     """The secret, version, principal or key does not exist (or is deleted)."""
 

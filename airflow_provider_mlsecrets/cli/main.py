@@ -19,6 +19,7 @@ from airflow_provider_mlsecrets.cli import (
     _principals,
     _rotation,
     _secrets,
+    _serve,
 )
 from airflow_provider_mlsecrets.cli._output import Output
 from airflow_provider_mlsecrets.errors import MLSecretsError
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_admin, _secrets, _rotation, _principals, _audit, _airflow):
+    for module in (_admin, _secrets, _rotation, _principals, _audit, _airflow, _serve):
         module.register(commands, common)
     return parser
 

@@ -38,6 +38,7 @@ from airflow_provider_mlsecrets.errors import (
     MLSecretsError,
     NotFound,
     StoreError,
+    Unauthenticated,
     VersionConflict,
 )
 from airflow_provider_mlsecrets.keys import KeyProvider
@@ -65,6 +66,10 @@ class Caller:
 
     token: str | None = field(repr=False)
     context: Mapping[str, ContextValue] = field(default_factory=dict)
+    # A principal name whose identity a trusted layer of this process has already verified
+    # (an Airflow user's or a task's signed token, checked by the HTTP service); it is
+    # never taken from a request as it is.
+    verified: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, component: str = "cli") -> Caller:
@@ -198,11 +203,13 @@ class Core:
                     raise NotFound(f"no secret at {path}")
             if actor is None or not decision.allowed:
                 session.rollback()
-                self._record_alone(base, actor.name if actor else NOBODY,
+                self._record_alone(base, actor.name if actor else caller.verified or NOBODY,
                                    actor.role.value if actor else "", Outcome.DENIED,
                                    decision.reason, version)
                 if decision.reason.startswith(TAMPERED):
                     raise IntegrityError(f"{decision.reason}; restore the database from backup")
+                if actor is None or decision.reason in (REVOKED, EXPIRED):
+                    raise Unauthenticated(f"access denied: {decision.reason}")
                 raise AccessDenied(f"access denied: {decision.reason}")
             op = Op(session=session, actor=actor, version=version, reason=decision.reason)
             try:
@@ -222,18 +229,9 @@ class Core:
 
     def _authorise(self, session: Session, caller: Caller, capability: Capability | None,
                    path: str | None) -> tuple[Actor | None, Decision]:
-        token = caller.token
-        if not token:
-            return None, Decision(False, "no token given (set MLSECRETS_TOKEN_FILE)")
-        if not well_formed(token):
-            return None, Decision(False, "malformed token")
-        digest = token_hash(self.keys, token)
-        principal = session.execute(
-            select(models.Principal).where(models.Principal.token_hash == digest)
-            .options(selectinload(models.Principal.grants))
-        ).scalar_one_or_none()
-        if principal is None or not hmac.compare_digest(principal.token_hash, digest):
-            return None, Decision(False, "unknown token")
+        principal = self._principal(session, caller)
+        if isinstance(principal, Decision):
+            return None, principal
         if not principal_intact(self.keys, session, self.vault_id(session), principal):
             return None, Decision(False, f"{TAMPERED}: principal {principal.name}")
         actor = Actor(name=principal.name, role=Role(principal.role), rules=tuple(
@@ -246,6 +244,30 @@ class Core:
         if capability is None:
             return actor, Decision(True, "authenticated")
         return actor, actor.may(capability, path)
+
+    def _principal(self, session: Session, caller: Caller) -> models.Principal | Decision:
+        """The caller's principal row, found by its token (constant-time checked) or by a
+        verified name; a :class:`Decision` saying why not otherwise."""
+        query = select(models.Principal).options(selectinload(models.Principal.grants))
+        if caller.verified is not None:
+            principal = session.execute(query.where(
+                models.Principal.name == caller.verified)).scalar_one_or_none()
+            if principal is None:
+                return Decision(False, f"no principal is bound to {caller.verified} (a "
+                                "security engineer creates one with 'mlsecrets principal "
+                                f"create {caller.verified} --role ROLE')")
+            return principal
+        token = caller.token
+        if not token:
+            return Decision(False, "no token given (set MLSECRETS_TOKEN_FILE)")
+        if not well_formed(token):
+            return Decision(False, "malformed token")
+        digest = token_hash(self.keys, token)
+        principal = session.execute(query.where(
+            models.Principal.token_hash == digest)).scalar_one_or_none()
+        if principal is None or not hmac.compare_digest(principal.token_hash, digest):
+            return Decision(False, "unknown token")
+        return principal
 
     def _append(self, session: Session, base: _Base, principal: str, roles: str,
                 outcome: Outcome, reason: str, version: int | None) -> None:

@@ -1,0 +1,62 @@
+"""Who is calling: a principal's bearer token (``mls_…``), checked by the vault in constant
+time, or an identity that a trusted verifier in this process has checked (an Airflow user's
+token when the service runs inside the Airflow API server).
+
+What a client says about itself (its DAG, task, host) is recorded as ``claimed_*`` context
+only: the audit trail never mistakes a claim for a verified identity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from fastapi import Request
+
+from airflow_provider_mlsecrets.audit.record import ContextValue
+from airflow_provider_mlsecrets.service import Caller
+
+CONTEXT_HEADER = "x-mlsecrets-context"
+CLAIMABLE = ("dag_id", "task_id", "run_id", "try_number", "map_index", "host", "pid",
+             "component")
+MAX_CLAIM = 256
+
+# a verifier maps a bearer credential that is not a principal token to a principal name
+Verifier = Callable[[str], str | None]
+
+
+def request_context(request: Request) -> dict[str, ContextValue]:
+    context: dict[str, ContextValue] = {
+        "component": "http", "client": request.client.host if request.client else ""}
+    raw = request.headers.get(CONTEXT_HEADER, "")
+    if raw and len(raw) <= 4096:
+        try:
+            claims = json.loads(raw)
+        except ValueError:
+            claims = {}
+        if isinstance(claims, dict):
+            for key in CLAIMABLE:
+                value = claims.get(key)
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    context[f"claimed_{key}"] = str(value)[:MAX_CLAIM]
+    return context
+
+
+def bearer(request: Request) -> str | None:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return credential.strip() or None if scheme.lower() == "bearer" else None
+
+
+def authenticator(*verifiers: Verifier) -> Callable[[Request], Caller]:
+    """The FastAPI dependency that turns a request into a :class:`Caller`."""
+
+    def authenticate(request: Request) -> Caller:
+        context = request_context(request)
+        credential = bearer(request)
+        if credential is not None and not credential.startswith("mls_"):
+            for verify in verifiers:
+                name = verify(credential)
+                if name is not None:
+                    return Caller(None, {**context, "verified_by": "airflow"}, verified=name)
+        return Caller(credential, context)
+
+    return authenticate

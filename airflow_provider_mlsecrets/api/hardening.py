@@ -1,0 +1,111 @@
+"""Limits and headers in front of every route: request size, per-caller rate, and response
+headers that keep values out of caches, frames and referrers."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+class RateLimiter:
+    """A token bucket per caller (a hash of its credential, or its address), in a bounded
+    table: at most ``callers`` buckets, the least recently seen dropped first."""
+
+    def __init__(self, rate: float, burst: int, callers: int = 10_000) -> None:
+        self.rate, self.burst, self.callers = rate, burst, callers
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, key: bytes) -> float:
+        """0 if the call may go ahead, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self._buckets[key] = (tokens - 1 if wait == 0 else tokens, now)
+            while len(self._buckets) > self.callers:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+def _caller_key(scope: Scope) -> bytes:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return b"a:" + hashlib.sha256(value).digest()
+    client = scope.get("client") or ("?", 0)
+    return b"c:" + str(client[0]).encode()
+
+
+def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
+           ) -> Callable[[Send], Awaitable[None]]:
+    import json
+
+    payload = json.dumps({"error": "Refused", "message": message,
+                          "exit_code": 1}).encode()
+
+    async def send_it(send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()), *HEADERS, *(extra or [])]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return send_it
+
+
+class Hardening:
+    """ASGI middleware: refuses bodies over ``max_body`` bytes with 413 (a body must declare
+    its length; the server holds it to that), callers over their rate with 429, and adds
+    :data:`HEADERS` to every answer."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int, limiter: RateLimiter | None,
+                 tls: bool = False) -> None:
+        self.app, self.max_body, self.limiter, self.tls = app, max_body, limiter, tls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.limiter is not None:
+            wait = self.limiter.allow(_caller_key(scope))
+            if wait:
+                await _reply(429, "too many requests; slow down",
+                             [(b"retry-after", str(int(wait) + 1).encode())])(send)
+                return
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
+        if length is None and (b"transfer-encoding" in headers
+                               or scope.get("method") in ("POST", "PUT", "PATCH")):
+            await _reply(411, "send a Content-Length header (bodies are not streamed)")(send)
+            return
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _reply(413, f"the request is over {self.max_body} bytes")(send)
+            return
+
+        async def secured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS,
+                                      *([HSTS] if self.tls else [])]
+            await send(message)
+
+        await self.app(scope, receive, secured_send)

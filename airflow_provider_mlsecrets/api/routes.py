@@ -1,0 +1,205 @@
+"""The ``/v1`` routes: thin, like the CLI. Each one resolves the caller, calls the vault (which
+authenticates, authorises and audits) and shapes the answer. Values travel base64-encoded in
+JSON bodies, never in a URL; reads are POSTs so no cache or proxy log keeps them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from airflow_provider_mlsecrets.audit.record import Outcome
+from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.service.audit import AuditFilter
+
+Authenticate = Callable[[Request], Caller]
+MAX_NAME = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ValueIn(_Strict):
+    value_b64: str = Field(max_length=32 * 1024 * 1024)
+    cas: int | None = Field(default=None, ge=0)
+    description: str | None = Field(default=None, max_length=4096)
+    owner: str | None = Field(default=None, max_length=MAX_NAME)
+
+
+class VersionIn(_Strict):
+    version: int | None = Field(default=None, ge=1)
+
+
+class DestroyIn(_Strict):
+    version: int = Field(ge=1)
+
+
+class UnsealIn(_Strict):
+    token: str = Field(max_length=64 * 1024 * 1024)
+
+
+class PrincipalIn(_Strict):
+    name: str = Field(max_length=MAX_NAME)
+    role: str = Field(max_length=64)
+    expires_at: datetime | None = None
+
+
+class GrantIn(_Strict):
+    principal: str = Field(max_length=MAX_NAME)
+    pattern: str = Field(max_length=MAX_NAME)
+    capabilities: list[str] = Field(min_length=1, max_length=16)
+    deny: bool = False
+
+
+class ValueOut(BaseModel):
+    path: str
+    version: int | None
+    value_b64: str
+
+
+def decode_value(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("value_b64 is not valid base64") from None
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses (and lists of them) as JSON-ready dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def current_caller(request: Request) -> Caller:
+    """The caller, as the app's authenticator (``app.state.authenticate``) sees it."""
+    authenticate: Authenticate = request.app.state.authenticate
+    return authenticate(request)
+
+
+Who = Annotated[Caller, Depends(current_caller)]
+
+
+def build_router(vault: Callable[[], Vault]) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    # -- the vault ---------------------------------------------------------------------
+    @router.get("/status", tags=["vault"])
+    def status(caller: Who) -> dict[str, Any]:
+        return _plain(vault().status(caller))  # type: ignore[no-any-return]
+
+    # -- secrets -----------------------------------------------------------------------
+    @router.post("/read/{path:path}", tags=["secrets"])
+    def read(path: str, body: VersionIn, caller: Who) -> ValueOut:
+        """Plaintext back to a person (``read``: security engineers only)."""
+        value = vault().secrets.read(caller, path, body.version)
+        return ValueOut(path=path, version=body.version,
+                        value_b64=base64.b64encode(value).decode())
+
+    @router.post("/inject/{path:path}", tags=["secrets"])
+    def inject(path: str, body: VersionIn, caller: Who) -> ValueOut:
+        """Plaintext into a task (``inject``)."""
+        value = vault().secrets.inject(caller, path, body.version)
+        return ValueOut(path=path, version=body.version,
+                        value_b64=base64.b64encode(value).decode())
+
+    @router.post("/unseal/{path:path}", tags=["secrets"])
+    def unseal(path: str, body: UnsealIn, caller: Who) -> ValueOut:
+        value = vault().secrets.unseal(caller, path, body.token)
+        return ValueOut(path=path, version=None, value_b64=base64.b64encode(value).decode())
+
+    @router.put("/secrets/{path:path}", tags=["secrets"])
+    def write(path: str, body: ValueIn, caller: Who) -> dict[str, Any]:
+        info = vault().secrets.put(caller, path, decode_value(body.value_b64), cas=body.cas,
+                                   description=body.description, owner=body.owner)
+        return _plain(info)  # type: ignore[no-any-return]
+
+    @router.delete("/secrets/{path:path}", tags=["secrets"])
+    def delete(path: str, caller: Who) -> dict[str, str]:
+        vault().secrets.delete(caller, path)
+        return {"path": path, "deleted": "yes"}
+
+    @router.post("/undelete/{path:path}", tags=["secrets"])
+    def undelete(path: str, caller: Who) -> dict[str, str]:
+        vault().secrets.undelete(caller, path)
+        return {"path": path, "deleted": "no"}
+
+    @router.post("/destroy/{path:path}", tags=["secrets"])
+    def destroy(path: str, body: DestroyIn, caller: Who) -> dict[str, Any]:
+        vault().secrets.destroy(caller, path, body.version)
+        return {"path": path, "destroyed": body.version}
+
+    @router.get("/list", tags=["secrets"])
+    def list_(caller: Who, prefix: Annotated[str, Query(max_length=MAX_NAME)] = "",
+              deleted: bool = False) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().secrets.list(caller, prefix, include_deleted=deleted))  # type: ignore[no-any-return]
+
+    @router.get("/versions/{path:path}", tags=["secrets"])
+    def versions(path: str, caller: Who) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().secrets.versions(caller, path))  # type: ignore[no-any-return]
+
+    # -- principals and grants -----------------------------------------------------------
+    @router.get("/principals", tags=["access"])
+    def principals(caller: Who) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().access.list_principals(caller))  # type: ignore[no-any-return]
+
+    @router.post("/principals", tags=["access"])
+    def create_principal(body: PrincipalIn, caller: Who) -> dict[str, str]:
+        token = vault().access.create_principal(caller, body.name, body.role, body.expires_at)
+        return {"name": body.name, "role": body.role, "token": token}
+
+    @router.post("/principals/{name}/revoke", tags=["access"])
+    def revoke_principal(name: str, caller: Who) -> dict[str, str]:
+        vault().access.revoke_principal(caller, name)
+        return {"name": name, "revoked": "yes"}
+
+    @router.post("/grants", tags=["access"])
+    def grant(body: GrantIn, caller: Who) -> dict[str, Any]:
+        return _plain(vault().access.grant(  # type: ignore[no-any-return]
+            caller, body.principal, body.pattern, body.capabilities, deny=body.deny))
+
+    # -- audit -------------------------------------------------------------------------
+    @router.get("/audit", tags=["audit"])
+    def audit_tail(caller: Who, n: Annotated[int, Query(ge=1, le=10_000)] = 20,
+                   principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
+                   action: Annotated[str | None, Query(max_length=64)] = None,
+                   outcome: Outcome | None = None) -> builtins.list[dict[str, Any]]:
+        filters = AuditFilter(principal=principal, action=action,
+                              outcome=outcome.value if outcome else None)
+        return _plain(vault().audit.tail(caller, n, filters))  # type: ignore[no-any-return]
+
+    @router.post("/audit/verify", tags=["audit"])
+    def audit_verify(caller: Who) -> dict[str, Any]:
+        report = vault().audit.verify(caller)
+        return {"ok": report.ok, "records": report.records, "chains": report.chains,
+                "seals_checked": report.seals_checked, "problems": report.problems}
+
+    # -- rotation and keys ---------------------------------------------------------------
+    @router.get("/rotation", tags=["rotation"])
+    def rotation_status(caller: Who) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().rotation.status(caller))  # type: ignore[no-any-return]
+
+    @router.post("/rotate/{path:path}", tags=["rotation"])
+    def rotate(path: str, caller: Who) -> dict[str, Any]:
+        return _plain(vault().rotation.rotate(caller, path))  # type: ignore[no-any-return]
+
+    @router.get("/keys", tags=["keys"])
+    def keys(caller: Who) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().key_list(caller))  # type: ignore[no-any-return]
+
+    return router
