@@ -41,6 +41,8 @@ ENVIRONMENT = {
     "rotation_lease": "MLSECRETS_ROTATION_LEASE",
     "token": "MLSECRETS_TOKEN",
     "token_file": "MLSECRETS_TOKEN_FILE",
+    "url": "MLSECRETS_URL",
+    "ca_file": "MLSECRETS_CA_FILE",
 }
 
 
@@ -61,6 +63,8 @@ class Settings:
     rotation_lease: int = DEFAULT_ROTATION_LEASE
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
+    url: str | None = None
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -73,6 +77,8 @@ class Settings:
             raise ConfigurationError("MLSECRETS_MAX_VALUE_BYTES must be between 1 and 16777216")
         if not 1 <= self.max_versions <= 10_000:
             raise ConfigurationError("MLSECRETS_MAX_VERSIONS must be between 1 and 10000")
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ConfigurationError(f"MLSECRETS_URL {self.url!r} must start with https://")
         if not 1 <= self.rotation_lease <= 86_400:
             raise ConfigurationError("MLSECRETS_ROTATION_LEASE must be between 1 and 86400 "
                                      "seconds")
@@ -96,9 +102,9 @@ class Settings:
         raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
         kwargs: dict[str, object] = {"home": home}
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"
-        for name in ("pkcs11_module", "pkcs11_pin", "token"):
+        for name in ("pkcs11_module", "pkcs11_pin", "token", "url"):
             kwargs[name] = raw[name]
-        for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file"):
+        for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file", "ca_file"):
             kwargs[name] = _resolve(home, raw[name])
         for name in ("pkcs11_token", "key_prefix"):
             if raw[name]:

@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.cli import (
     _serve,
 )
 from airflow_provider_mlsecrets.cli._output import Output
+from airflow_provider_mlsecrets.client import open_vault
 from airflow_provider_mlsecrets.errors import MLSecretsError
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.settings import Settings
@@ -44,7 +45,7 @@ class Context:
     @property
     def vault(self) -> Vault:
         if self._vault is None:
-            self._vault = Vault(self.settings)
+            self._vault = open_vault(self.settings)
         return self._vault
 
     def reset(self) -> None:

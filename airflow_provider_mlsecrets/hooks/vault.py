@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlsecrets.airflow_context import caller_context
+from airflow_provider_mlsecrets.client import open_vault
 from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
@@ -86,7 +87,7 @@ class MLSecretsHook(BaseHook):
     @property
     def vault(self) -> Vault:
         if self._vault is None:
-            self._vault = Vault(Settings.load(overrides=self._overrides()))
+            self._vault = open_vault(Settings.load(overrides=self._overrides()))
         return self._vault
 
     def _overrides(self) -> dict[str, str | None]:

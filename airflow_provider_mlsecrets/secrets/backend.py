@@ -147,10 +147,10 @@ class MLSecretsBackend(BaseSecretsBackend):
 
     def _get_vault(self) -> Vault:
         if self._vault is None or self._pid != os.getpid():
-            from airflow_provider_mlsecrets.service import Vault
+            from airflow_provider_mlsecrets.client import open_vault
             from airflow_provider_mlsecrets.settings import Settings
 
-            self._vault = Vault(Settings.load(overrides=self._settings))
+            self._vault = open_vault(Settings.load(overrides=self._settings))
             self._pid = os.getpid()
         return self._vault
 
