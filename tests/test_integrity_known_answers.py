@@ -1,0 +1,35 @@
+"""The row-MAC known answers printed in docs/formats.md, recomputed (no HSM: the HMAC key is
+the documented test key), so the document and the code cannot drift apart."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
+from airflow_provider_mlsecrets.service._integrity import _secret_bytes
+from airflow_provider_mlsecrets.store.models import Secret
+
+VAULT = "0b5e7b3e-0000-4000-8000-000000000001"
+KEY = b"\x42" * 32
+POLICY = ('{"config":{"alphabet":"hex","length":48},"grace":"1h","retention":"30d",'
+          '"rotator":"random","schedule":"30d"}')
+
+
+def test_policy_json_is_canonical() -> None:
+    assert RotationPolicy(schedule="30d", rotator="random",
+                          config={"length": 48, "alphabet": "hex"}).to_json() == POLICY
+
+
+@pytest.mark.parametrize(("max_versions", "rotation", "want"), [
+    (None, None, "5b472400923a081b6bd3be99ff09c7a6b659ffc4242a11384d4edc536e38db31"),
+    (5, None, "b1760ea16ea9ee23747bd69f12bbe78722e03e99d57dbbeaf224e781f24f56cd"),
+    (None, POLICY, "5c70039e45ce5e2de82398dcddfb96579301a679697cccc3bb4e8780de695fb0")])
+def test_secret_row_mac_known_answers(max_versions: int | None, rotation: str | None,
+                                      want: str) -> None:
+    row = Secret(path="ml/openai/api_key", latest_version=3, current_version=3,
+                 deleted_at=None, max_versions=max_versions, rotation=rotation)
+    assert hmac.new(KEY, _secret_bytes(VAULT, row), hashlib.sha256).hexdigest() == want
+    assert want in open("docs/formats.md").read()
