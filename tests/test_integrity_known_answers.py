@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.service._integrity import _secret_bytes
 from airflow_provider_mlsecrets.store.models import Secret
 
+ROOT = Path(__file__).resolve().parent.parent
 VAULT = "0b5e7b3e-0000-4000-8000-000000000001"
 KEY = b"\x42" * 32
 POLICY = ('{"config":{"alphabet":"hex","length":48},"grace":"1h","retention":"30d",'
@@ -32,4 +34,4 @@ def test_secret_row_mac_known_answers(max_versions: int | None, rotation: str | 
     row = Secret(path="ml/openai/api_key", latest_version=3, current_version=3,
                  deleted_at=None, max_versions=max_versions, rotation=rotation)
     assert hmac.new(KEY, _secret_bytes(VAULT, row), hashlib.sha256).hexdigest() == want
-    assert want in open("docs/formats.md").read()
+    assert want in (ROOT / "docs" / "formats.md").read_text()
