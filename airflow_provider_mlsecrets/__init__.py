@@ -41,6 +41,10 @@ def get_provider_info() -> dict[str, Any]:
                                             "goes in a connection"},
                 "token_file": {"label": "Principal token file",
                                "schema": {"type": ["string", "null"]}},
+                "url": {"label": "Vault service URL",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "https://… of the mlsecrets service; with it, this "
+                                       "process needs no PIN, HSM or database"},
             },
             "ui-field-behaviour": {
                 "hidden-fields": ["schema", "login", "password", "port"],
@@ -48,6 +52,9 @@ def get_provider_info() -> dict[str, Any]:
                 "placeholders": {"host": "postgresql+psycopg://mlsecrets@db/mlsecrets"},
             },
         }],
+        "plugins": [{"name": "mlsecrets",
+                     "plugin-class": "airflow_provider_mlsecrets.api.airflow_plugin."
+                                     "MLSecretsPlugin"}],
         "secrets-backends": ["airflow_provider_mlsecrets.secrets.backend.MLSecretsBackend"],
         "cli": ["airflow_provider_mlsecrets.airflow_cli.get_cli_commands"],
         "task-decorators": [{"name": "mlsecrets",

@@ -368,6 +368,8 @@ def test_a_policy_is_a_disclosure_and_needs_read_on_every_path_it_names(
         "revoke_url": "http://127.0.0.1:9/r", "admin_secret": "db/admin"})
     with pytest.raises(AccessDenied, match="read on db/admin"):
         env.vault.rotation.set_policy(fenced, PATH, evil)
+    [record] = [r for r in env.vault.audit.tail(env.admin, 5) if r.action == "rotation.policy"]
+    assert record.outcome == "denied"
     env.vault.secrets.put(env.admin, "db/prod", b"prod-secret")
     with pytest.raises(AccessDenied):  # not even for the fenced path itself
         env.vault.rotation.set_policy(fenced, "db/prod", policy(service))
@@ -377,7 +379,7 @@ def test_a_policy_is_a_disclosure_and_needs_read_on_every_path_it_names(
     env.vault.rotation.set_policy(env.admin, PATH, evil)  # an unfenced engineer may
 
 
-def test_a_state_row_naming_the_current_version_for_invalidation_is_refused(
+def test_a_state_row_naming_the_current_version_cannot_get_it_invalidated(
         env: Env, service: ProbeService) -> None:
     start(env, service)
     env.vault.rotation.rotate(env.admin, PATH)
@@ -386,9 +388,10 @@ def test_a_state_row_naming_the_current_version_for_invalidation_is_refused(
         sid = c.execute(select(Secret.id).where(Secret.path == PATH)).scalar_one()
         c.execute(update(Rotation).where(Rotation.secret_id == sid).values(
             previous_version=2, invalidate_after=utcnow() - timedelta(hours=1)))
-    with pytest.raises(IntegrityError):
-        env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
-    assert service.valid(current)
+    # the targets come from the versions below the MAC-covered current one, never the row
+    assert env.vault.rotation.rotate(env.admin, PATH, only_if_due=True).result == \
+        "invalidated"
+    assert service.valid(current) and not service.valid("initial-value")
 
 
 def test_a_pending_or_awaited_version_cannot_be_destroyed_or_pruned(
@@ -469,3 +472,33 @@ def test_a_connection_without_a_password_keeps_rotating(env: Env,
     env.vault.rotation.rotate(env.admin, "connections/nopw")
     env.vault.rotation.rotate(env.admin, "connections/nopw")  # invalidates the password-less v1
     assert env.vault.secrets.read(env.admin, "connections/nopw").startswith(b"generic://u:")
+
+
+def test_a_write_during_the_grace_period_leaves_no_value_valid_forever(
+        env: Env, service: ProbeService) -> None:
+    start(env, service, grace="1s")
+    env.vault.rotation.rotate(env.admin, PATH)
+    rotated = env.vault.secrets.read(env.admin, PATH)
+    env.vault.secrets.put(env.admin, PATH, b"manual-value")  # an operator's emergency write
+    service.accept("manual-value")
+    with pytest.raises(InvalidInput, match="still work at the service"):
+        env.vault.rotation.clear_policy(env.admin, PATH)
+    time.sleep(1.1)
+    result = env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
+    assert result.result == "invalidated"
+    assert not service.valid("initial-value") and not service.valid(rotated)
+    assert service.valid("manual-value")
+    assert states(env) == {1: "retired", 2: "retired", 3: "current"}
+    env.vault.rotation.clear_policy(env.admin, PATH)  # nothing awaits now
+
+
+def test_an_invalidation_failure_names_the_invalidate_step(
+        env: Env, service: ProbeService) -> None:
+    start(env, service, grace="1s")
+    env.vault.rotation.rotate(env.admin, PATH)
+    time.sleep(1.1)
+    service.fail("invalidate")
+    with pytest.raises(RotationFailed, match="failed at invalidate"):
+        env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
+    service.fail("invalidate", on=False)
+    assert env.vault.rotation.rotate(env.admin, PATH, only_if_due=True).result == "invalidated"

@@ -103,8 +103,10 @@ def test_the_dag_fails_loudly_on_an_altered_audit_trail(rotation_env: AirflowEnv
 
 
 def test_summary_counts_failed_mapped_tasks() -> None:
-    summary = summarise(["a", "b", "c"], [{"path": "a", "result": "rotated"}, None,
-                                          {"path": "c", "result": "not due"}], ["a", "b", "c", "d"])
-    assert summary == {"rotated": ["a"], "invalidated": [], "busy": [], "failed": ["b"],
-                       "skipped": ["c", "d"]}
+    summary = summarise(["a", "b", "c", "e"], [{"path": "a", "result": "rotated"}, None,
+                                               {"path": "c", "result": "not due"},
+                                               {"path": "e", "result": "cancelled"}],
+                        ["a", "b", "c", "d", "e"])
+    assert summary == {"rotated": ["a"], "invalidated": [], "cancelled": ["e"], "busy": [],
+                       "failed": ["b"], "skipped": ["c", "d"]}
     assert any("failed" in line and "b" in line for line in format_summary(summary))

@@ -102,7 +102,7 @@ def test_an_http_key_rotated_with_a_grace_period(cli: Cli, key_service: KeyServi
     assert "svc/api_key" in status and "http" in status
 
     out = cli("rotate", "--due")
-    assert out.returncode == 0 and b"1 rotated, 0 invalidated, 0 failed" in out.stderr
+    assert out.returncode == 0 and b"1 rotated, 0 invalidated, 0 cancelled, 0 failed" in out.stderr
     new_key = cli.ok("secret", "get", "svc/api_key")
     assert key_service.valid(new_key) and key_service.valid("initial")  # grace period
     time.sleep(2.1)

@@ -8,7 +8,7 @@ only: the audit trail never mistakes a claim for a verified identity."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
@@ -20,8 +20,9 @@ CLAIMABLE = ("dag_id", "task_id", "run_id", "try_number", "map_index", "host", "
              "component")
 MAX_CLAIM = 256
 
-# a verifier maps a bearer credential that is not a principal token to a principal name
-Verifier = Callable[[str], str | None]
+# a verifier maps a bearer credential that is not a principal token to the principal names
+# it may act as (most specific first), or None if it cannot verify it
+Verifier = Callable[[str], Awaitable[tuple[str, ...] | None]]
 
 
 def request_context(request: Request) -> dict[str, ContextValue]:
@@ -46,17 +47,17 @@ def bearer(request: Request) -> str | None:
     return credential.strip() or None if scheme.lower() == "bearer" else None
 
 
-def authenticator(*verifiers: Verifier) -> Callable[[Request], Caller]:
+def authenticator(*verifiers: Verifier) -> Callable[[Request], Awaitable[Caller]]:
     """The FastAPI dependency that turns a request into a :class:`Caller`."""
 
-    def authenticate(request: Request) -> Caller:
+    async def authenticate(request: Request) -> Caller:
         context = request_context(request)
         credential = bearer(request)
         if credential is not None and not credential.startswith("mls_"):
             for verify in verifiers:
-                name = verify(credential)
-                if name is not None:
-                    return Caller(None, {**context, "verified_by": "airflow"}, verified=name)
+                names = await verify(credential)
+                if names:
+                    return Caller(None, {**context, "verified_by": "airflow"}, verified=names)
         return Caller(credential, context)
 
     return authenticate

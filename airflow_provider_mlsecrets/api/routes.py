@@ -8,7 +8,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,7 +20,7 @@ from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.audit import AuditFilter
 
-Authenticate = Callable[[Request], Caller]
+Authenticate = Callable[[Request], Awaitable[Caller]]
 MAX_NAME = 256
 
 
@@ -86,10 +86,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def current_caller(request: Request) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """The caller, as the app's authenticator (``app.state.authenticate``) sees it."""
     authenticate: Authenticate = request.app.state.authenticate
-    return authenticate(request)
+    return await authenticate(request)
 
 
 Who = Annotated[Caller, Depends(current_caller)]

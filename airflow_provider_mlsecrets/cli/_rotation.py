@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlsecrets.durations import parse_moment
-from airflow_provider_mlsecrets.errors import InvalidInput, RotationBusy, RotationFailed
+from airflow_provider_mlsecrets.errors import (
+    InvalidInput,
+    MLSecretsError,
+    RotationBusy,
+    RotationFailed,
+)
 from airflow_provider_mlsecrets.rotation.policy import (
     DEFAULT_GRACE,
     DEFAULT_RETENTION,
@@ -173,11 +178,11 @@ def _rotate(args: argparse.Namespace, ctx: Context) -> None:
             try:
                 r = rotation.rotate(ctx.caller, path, only_if_due=args.due)
                 rows.append(_Row(path, r.result, r.version, ",".join(r.steps), ""))
-            except (RotationFailed, RotationBusy) as exc:
+            except MLSecretsError as exc:  # one bad secret does not stop the others
                 if not args.due:
                     raise
                 rows.append(_Row(path, "busy" if isinstance(exc, RotationBusy) else "failed",
-                                 None, "", str(exc)))
+                                 None, "", f"{type(exc).__name__}: {exc}"))
             advance(1)
     destroyed = rotation.retain(ctx.caller) if args.due else []
     failed = [r for r in rows if r.result == "failed"]
@@ -187,7 +192,7 @@ def _rotate(args: argparse.Namespace, ctx: Context) -> None:
         ctx.output.table(rows, ["path", "result", "version", "steps", "error"],
                          empty="nothing is due")
         counts = {k: sum(r.result == k for r in rows)
-                  for k in ("rotated", "invalidated", "failed", "busy")}
+                  for k in ("rotated", "invalidated", "cancelled", "failed", "busy")}
         ctx.output.warn(", ".join(f"{v} {k}" for k, v in counts.items())
                         + (f"; destroyed after retention: {', '.join(destroyed)}"
                            if destroyed else ""))

@@ -121,13 +121,15 @@ def _put(args: argparse.Namespace, ctx: Context) -> None:
     info = ctx.vault.secrets.put(ctx.caller, args.path, value, cas=args.cas,
                                  description=args.description, owner=args.owner)
     del value
-    ctx.output.message(f"{info.path}: version {info.version} written", info)
-    if policy is not None:
-        status = ctx.vault.rotation.set_policy(ctx.caller, args.path, policy,
-                                               next_due=next_due_from_args(args))
-        ctx.output.message(f"{info.path}: rotated by {status.rotator} every "
-                           f"{status.schedule}; next due "
-                           f"{status.next_due_at:%Y-%m-%d %H:%M:%S}Z", status)
+    if policy is None:
+        ctx.output.message(f"{info.path}: version {info.version} written", info)
+        return
+    status = ctx.vault.rotation.set_policy(ctx.caller, args.path, policy,
+                                           next_due=next_due_from_args(args))
+    ctx.output.message(f"{info.path}: version {info.version} written\n"
+                       f"{info.path}: rotated by {status.rotator} every {status.schedule}; "
+                       f"next due {status.next_due_at:%Y-%m-%d %H:%M:%S}Z",
+                       {"version": info, "rotation": status})
 
 
 def _seal(args: argparse.Namespace, ctx: Context) -> None:

@@ -26,7 +26,8 @@ from airflow_provider_mlsecrets.settings import Settings
 # connection extras -> vault settings
 _EXTRAS = {"db_url": "db_url", "pkcs11_module": "pkcs11_module", "token_label": "pkcs11_token",
            "home": "home", "pin_file": "pkcs11_pin_file", "token_file": "token_file",
-           "softhsm2_conf": "softhsm2_conf", "key_prefix": "key_prefix"}
+           "softhsm2_conf": "softhsm2_conf", "key_prefix": "key_prefix", "url": "url",
+           "ca_file": "ca_file"}
 
 
 class MLSecretsHook(BaseHook):

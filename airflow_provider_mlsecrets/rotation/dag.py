@@ -20,6 +20,7 @@ from airflow_provider_mlsecrets.durations import parse_duration
 from airflow_provider_mlsecrets.errors import IntegrityError, RotationBusy
 
 ROTATED = "mlsecrets-rotated"
+KINDS = ("rotated", "invalidated", "cancelled", "failed", "busy", "skipped")
 SCHEME = "mlsecrets"
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,12 @@ def create_rotation_dag(
                                            + "; ".join(problems))
             summary["audit"] = {"ok": True, "records": report.records}
             log.info("audit chain verified: %d records", report.records)
+            if summary["failed"]:  # the run fails too, not only the mapped task
+                from airflow.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{len(summary['failed'])} rotation(s) failed: "
+                                   f"{', '.join(summary['failed'])}; their current versions "
+                                   "are unchanged, the next run resumes them")
             return summary
 
         due = find_due()
@@ -141,21 +148,21 @@ def create_rotation_dag(
 
 def summarise(due: Sequence[str], results: Iterable[Any],
               with_policy: Sequence[str]) -> dict[str, Any]:
-    """Rotated, invalidated, busy (another run held it), failed (due, but its mapped task
-    left no result) and skipped (under a policy but not due)."""
+    """Rotated, invalidated, cancelled (an interrupted cancel finished), busy (another run
+    held it), failed (due, but its mapped task left no result) and skipped (under a policy
+    but not due, or no longer due when its task ran)."""
     by_path = {r["path"]: r["result"] for r in results if isinstance(r, Mapping)}
-    out: dict[str, list[str]] = {k: [] for k in ("rotated", "invalidated", "busy", "failed",
-                                                 "skipped")}
+    out: dict[str, list[str]] = {k: [] for k in KINDS}
     for path in due:
         result = by_path.get(path, "failed")
-        out["skipped" if result == "not due" else result].append(path)
+        out["skipped" if result not in out else result].append(path)
     out["skipped"] += [p for p in with_policy if p not in set(due)]
     return dict(out)
 
 
 def format_summary(summary: Mapping[str, Any]) -> list[str]:
     lines = ["rotation summary:"]
-    for kind in ("rotated", "invalidated", "failed", "busy", "skipped"):
+    for kind in KINDS:
         paths = summary.get(kind, [])
         lines.append(f"  {kind:<12}{len(paths):>4}  {', '.join(paths)}")
     key = summary.get("key") or {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
@@ -27,7 +28,7 @@ from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.paths import parse_path
 
 if TYPE_CHECKING:
-    from airflow_provider_mlsecrets.service import Vault
+    from airflow_provider_mlsecrets.service import Caller, Vault
 
 log = logging.getLogger(__name__)
 _SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
@@ -115,13 +116,9 @@ class MLSecretsBackend(BaseSecretsBackend):
         path = self.path_for(kind, identifier)
         if path is None:
             return None
-        from airflow_provider_mlsecrets.airflow_context import caller_context
-        from airflow_provider_mlsecrets.service import Caller
-
         try:
             vault = self._get_vault()
-            caller = Caller(vault.settings.read_caller_token(), caller_context())
-            raw = vault.secrets.inject(caller, path)
+            raw = vault.secrets.inject(self._caller(vault), path)
         except NotFound:
             return None
         except MLSecretsError as exc:
@@ -144,6 +141,25 @@ class MLSecretsBackend(BaseSecretsBackend):
                 f"the {kind} {identifier!r} in mlsecrets is not UTF-8 text") from None
         mask(value)
         return value
+
+    @staticmethod
+    def _caller(vault: Vault) -> Caller:
+        """Who looks this up. Inside the Airflow API server, serving a task's lookup that fell
+        through the Execution API, it is that task's DAG (``dag:DAG_ID``), verified from the
+        task's own token, and never this server's token; anywhere else, this process's
+        configured token and the task it runs, if any."""
+        from airflow_provider_mlsecrets.airflow_context import caller_context
+        from airflow_provider_mlsecrets.service import Caller
+
+        if "airflow_provider_mlsecrets.api.airflow_plugin" in sys.modules:
+            from airflow_provider_mlsecrets.api.airflow_plugin import task_identity
+
+            task = task_identity()
+            if task is not None:
+                context = {**caller_context(), "component": "airflow api-server",
+                           "verified_by": "execution-api", **task}
+                return Caller(None, context, verified=(f"dag:{task['dag_id']}",))
+        return Caller(vault.settings.read_caller_token(), caller_context())
 
     def _get_vault(self) -> Vault:
         if self._vault is None or self._pid != os.getpid():

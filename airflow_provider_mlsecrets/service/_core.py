@@ -66,10 +66,10 @@ class Caller:
 
     token: str | None = field(repr=False)
     context: Mapping[str, ContextValue] = field(default_factory=dict)
-    # A principal name whose identity a trusted layer of this process has already verified
-    # (an Airflow user's or a task's signed token, checked by the HTTP service); it is
-    # never taken from a request as it is.
-    verified: str | None = None
+    # Principal names for an identity that a trusted layer of this process has already
+    # verified (an Airflow user's or a task's signed token), most specific first: the first
+    # one that exists is the caller. Never taken from a request as it is.
+    verified: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, component: str = "cli") -> Caller:
@@ -203,7 +203,7 @@ class Core:
                     raise NotFound(f"no secret at {path}")
             if actor is None or not decision.allowed:
                 session.rollback()
-                self._record_alone(base, actor.name if actor else caller.verified or NOBODY,
+                self._record_alone(base, actor.name if actor else (caller.verified or (NOBODY,))[0],
                                    actor.role.value if actor else "", Outcome.DENIED,
                                    decision.reason, version)
                 if decision.reason.startswith(TAMPERED):
@@ -220,7 +220,9 @@ class Core:
                     session.commit()
             except BaseException as exc:
                 session.rollback()
-                outcome = Outcome.NOT_FOUND if isinstance(exc, NotFound) else Outcome.ERROR
+                outcome = (Outcome.NOT_FOUND if isinstance(exc, NotFound)
+                           else Outcome.DENIED if isinstance(exc, AccessDenied)
+                           else Outcome.ERROR)
                 self._record_alone(base, actor.name, actor.role.value, outcome,
                                    _failure_reason(exc), op.version)
                 raise
@@ -249,14 +251,15 @@ class Core:
         """The caller's principal row, found by its token (constant-time checked) or by a
         verified name; a :class:`Decision` saying why not otherwise."""
         query = select(models.Principal).options(selectinload(models.Principal.grants))
-        if caller.verified is not None:
-            principal = session.execute(query.where(
-                models.Principal.name == caller.verified)).scalar_one_or_none()
-            if principal is None:
-                return Decision(False, f"no principal is bound to {caller.verified} (a "
-                                "security engineer creates one with 'mlsecrets principal "
-                                f"create {caller.verified} --role ROLE')")
-            return principal
+        if caller.verified:
+            for name in caller.verified:
+                principal = session.execute(query.where(
+                    models.Principal.name == name)).scalar_one_or_none()
+                if principal is not None:
+                    return principal
+            return Decision(False, f"no principal is bound to {' or '.join(caller.verified)} "
+                            "(a security engineer creates one with 'mlsecrets principal "
+                            f"create {caller.verified[0]} --role ROLE')")
         token = caller.token
         if not token:
             return Decision(False, "no token given (set MLSECRETS_TOKEN_FILE)")

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -50,16 +50,17 @@ from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
 from airflow_provider_mlsecrets.service.secrets import (
     SecretsService,
+    awaiting_invalidation,
     erase,
     retire,
     rotation_busy,
     rotation_versions,
+    start_grace,
 )
 from airflow_provider_mlsecrets.store.models import (
     Rotation,
     RotationStep,
     Secret,
-    SecretVersion,
     VersionState,
 )
 
@@ -140,7 +141,7 @@ class RotationService:
             self._secrets.seal_row(op.session, secret)
             now = utcnow()
             state = op.session.get(Rotation, secret.id)
-            due = next_due or policy.next_due(now)
+            due = (next_due or policy.next_due(now)).astimezone(timezone.utc)
             if state is None:
                 state = Rotation(secret_id=secret.id, next_due_at=due,
                                  step=RotationStep.IDLE.value, failures=0, rotations=0)
@@ -157,13 +158,22 @@ class RotationService:
         with self._core.operation(caller, "rotation.policy", Capability.WRITE, path) as op:
             secret = self._secrets.existing(op.session, path, lock=True)
             state = op.session.get(Rotation, secret.id)
+            if secret.rotation is None:
+                raise InvalidInput(f"{path} has no rotation policy")
             busy = rotation_busy(op.session, secret)
             if busy is not None:
                 raise InvalidInput(f"{busy}; finish it ('mlsecrets rotate {path}') or cancel "
                                    "it first")
+            waiting = awaiting_invalidation(op.session, secret)
+            if waiting and state is not None and state.invalidate_after is not None:
+                raise InvalidInput(
+                    f"version(s) {', '.join(str(v.version) for v in waiting)} of {path} still "
+                    "work at the service until the rotation invalidates them; run "
+                    f"'mlsecrets rotate --due' after {format_ts(state.invalidate_after)}, "
+                    "then clear the policy")
             secret.rotation = None
             self._secrets.seal_row(op.session, secret)
-            if state is not None and state.previous_version is None:
+            if state is not None:
                 op.session.delete(state)
             op.reason += "; rotation policy removed"
 
@@ -214,13 +224,16 @@ class RotationService:
             plan.step = RotationStep.SET
         ctx, known = self._context(caller, path, plan)
         steps: builtins.list[str] = []
+        stage = "invalidate"
         try:
-            if expired is not None:  # invalidate what the grace period let live
-                known.append(expired)
-                plan.rotator.invalidate(ctx, expired)
-                self._invalidated(caller, path, run, "at its service")
+            if expired:  # invalidate what the grace period let live
+                known += [value for _, value in expired]
+                for _, value in expired:
+                    plan.rotator.invalidate(ctx, value)
+                self._invalidated(caller, path, run, [version for version, _ in expired])
                 steps.append("invalidate")
                 hook("invalidate")
+            stage = "create"
             if plan.create:
                 plan.pending = plan.rotator.create(ctx)
                 known.append(plan.pending)
@@ -239,11 +252,13 @@ class RotationService:
                                         (RotationStep.SET, plan.rotator.test,
                                          RotationStep.TESTED)):
                 if plan.step is before:
+                    stage = _VERB[after]
                     call(ctx, pending)
                     self._advance(caller, path, run, after)
                     plan.step = after
                     steps.append(_VERB[after])
                     hook(_VERB[after])
+            stage = "finish"
             version, previous = self._finish(caller, path, run, plan.policy)
             steps.append("finish")
             hook("finish")
@@ -253,7 +268,7 @@ class RotationService:
         except Exception as exc:
             reason = _redacted_reason(exc, known)
             self._fail(caller, path, run, reason)
-            raise RotationFailed(f"rotation of {path} failed at {_next_step(plan.step)}: "
+            raise RotationFailed(f"rotation of {path} failed at {stage}: "
                                  f"{reason}; the current version is unchanged and the next run "
                                  "resumes") from None
 
@@ -326,6 +341,7 @@ class RotationService:
                 needed = rotation_versions(op.session, secret)
                 for row in secret.versions:
                     if (row.state == VersionState.RETIRED.value and row.version not in needed
+                            and row.invalidated_at is not None
                             and row.retired_at is not None and row.retired_at + keep <= now):
                         erase(row)
                         destroyed.append(f"{secret.path} v{row.version}")
@@ -334,7 +350,8 @@ class RotationService:
 
     # -- the steps, one transaction each ------------------------------------------------
     def _begin(self, caller: Caller, path: str, run: str, only_if_due: bool,
-               action: str = "rotation.begin") -> tuple[_Plan | None, bytes | None]:
+               action: str = "rotation.begin"
+               ) -> tuple[_Plan | None, builtins.list[tuple[int, bytes]]]:
         with self._core.operation(caller, action, Capability.ROTATE, path) as op:
             secret = self._secrets.existing(op.session, path, lock=True)
             state = _locked_state(op.session, secret)
@@ -344,7 +361,7 @@ class RotationService:
             now = utcnow()
             if only_if_due and not _needs_work(state, now):
                 op.reason += "; not due"
-                return None, None
+                return None, []
             if state.owner is not None and state.lease_until is not None \
                     and state.lease_until > now:
                 raise RotationBusy(
@@ -366,13 +383,16 @@ class RotationService:
                 plan.set_at_service = plan.step is RotationStep.CANCELLING  # it may have been
             plan.create = plan.step is RotationStep.IDLE and (
                 not only_if_due or state.next_due_at <= now)
-            # the previous value is invalidated once its grace period is over, or before a new
-            # value replaces it (a rotation sooner than the grace period cuts it short)
-            expired = None
-            previous = self._previous_row(op, secret, state)
-            if previous is not None and (plan.create or state.invalidate_after is None
-                                         or state.invalidate_after <= now):
-                expired = self._secrets.decrypt(op.session, path, previous)
+            # older values are invalidated once the grace period is over, or before a new
+            # value replaces the current one (a rotation sooner than the grace period cuts
+            # it short)
+            expired: builtins.list[tuple[int, bytes]] = []
+            if state.invalidate_after is not None and (plan.create
+                                                       or state.invalidate_after <= now):
+                expired = [(row.version, self._secrets.decrypt(op.session, path, row))
+                           for row in awaiting_invalidation(op.session, secret)]
+                if not expired:  # nothing left to invalidate (destroyed meanwhile, say)
+                    state.previous_version = state.invalidate_after = None
             op.version = secret.current_version
             op.reason += (f"; resuming after {state.step}" if plan.step is not RotationStep.IDLE
                           else "; starting") + (" (a dead run's lease had run out)"
@@ -390,26 +410,6 @@ class RotationService:
             raise IntegrityError(f"the rotation state of {secret.path} does not match its "
                                  "versions: altered outside the vault")
         return pending
-
-    def _previous_row(self, op: Op, secret: Secret, state: Rotation) -> SecretVersion | None:
-        """The previous version awaiting invalidation: older than the current one (so the
-        current value is never invalidated), and still holding its data; one that was
-        destroyed meanwhile can no longer be invalidated, which is recorded and dropped."""
-        previous = state.previous_version
-        if previous is None:
-            return None
-        if previous >= (secret.current_version or 0):
-            raise IntegrityError(f"the rotation state of {secret.path} names version "
-                                 f"{previous} for invalidation, which is not older than the "
-                                 "current one: altered outside the vault")
-        row = self._secrets.version_row(op.session, secret, previous)
-        if row.state == VersionState.DESTROYED.value:
-            op.reason += (f"; version {previous} was destroyed before it could be invalidated "
-                          "at its service: invalidate it there by hand")
-            state.previous_version = None
-            state.invalidate_after = None
-            return None
-        return row
 
     def _advance(self, caller: Caller, path: str, run: str, step: RotationStep,
                  pending: bytes | None = None) -> None:
@@ -438,11 +438,10 @@ class RotationService:
                 raise IntegrityError(f"version {pending} of {path} is not pending")
             previous = secret.current_version
             self._secrets.make_current(op.session, secret, row)
+            start_grace(op.session, secret, previous)
             now = utcnow()
             state.step = RotationStep.IDLE.value
             state.pending_version = None
-            state.previous_version = previous
-            state.invalidate_after = None if previous is None else now + policy.grace_period
             state.last_result = "rotated"
             state.last_error = None
             state.last_finished_at = now
@@ -458,15 +457,18 @@ class RotationService:
                 f", version {previous} works until {format_ts(state.invalidate_after or now)}")
             return pending, previous
 
-    def _invalidated(self, caller: Caller, path: str, run: str, where: str) -> None:
+    def _invalidated(self, caller: Caller, path: str, run: str,
+                     versions: builtins.list[int]) -> None:
         with self._step(caller, "rotation.invalidate", path, run) as (op, secret, state):
-            previous = state.previous_version
-            if previous is not None:
-                row = self._secrets.version_row(op.session, secret, previous)
-                if row.state == VersionState.PREVIOUS.value:
-                    retire(row)
-                op.version = previous
-                op.reason += f"; version {previous} invalidated {where}, retired"
+            now = utcnow()
+            for row in secret.versions:
+                if row.version in versions:
+                    row.invalidated_at = now
+                    if row.state == VersionState.PREVIOUS.value:
+                        retire(row)
+            op.version = max(versions)
+            op.reason += (f"; version(s) {', '.join(map(str, sorted(versions)))} invalidated "
+                          "at the service, retired")
             state.previous_version = None
             state.invalidate_after = None
 
@@ -523,12 +525,6 @@ class RotationService:
 _VERB = {RotationStep.CREATED: "create", RotationStep.SET: "set", RotationStep.TESTED: "test"}
 
 
-def _next_step(step: RotationStep) -> str:
-    return {RotationStep.IDLE: "create", RotationStep.CREATED: "set",
-            RotationStep.SET: "test", RotationStep.TESTED: "finish",
-            RotationStep.CANCELLING: "cancel"}[step]
-
-
 def _locked_state(session: Session, secret: Secret) -> Rotation | None:
     return session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
                            .with_for_update()).scalar_one_or_none()
@@ -541,8 +537,7 @@ def _release_state(state: Rotation) -> None:
 
 def _needs_work(state: Rotation, now: datetime) -> bool:
     return (state.next_due_at <= now or state.step != RotationStep.IDLE.value
-            or (state.previous_version is not None and state.invalidate_after is not None
-                and state.invalidate_after <= now))
+            or (state.invalidate_after is not None and state.invalidate_after <= now))
 
 
 def _status(secret: Secret, state: Rotation) -> RotationStatus:

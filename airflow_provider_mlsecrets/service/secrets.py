@@ -111,7 +111,9 @@ class SecretsService:
             if owner is not None:
                 secret.owner = owner
             row = self.add_version(op.session, secret, value, created_by=op.actor.name)
+            replaced = secret.current_version
             self.make_current(op.session, secret, row)
+            start_grace(op.session, secret, replaced)
             version = row.version
             op.session.flush()
             pruned = self.prune(op.session, secret)
@@ -401,8 +403,7 @@ def erase(row: SecretVersion) -> None:
 def rotation_busy(session: Session, secret: Secret) -> str | None:
     """Why a rotation of ``secret`` is in progress (a step past ``idle``, or a run holding
     its lease), or ``None``."""
-    state = session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
-                            ).scalar_one_or_none()
+    state = _rotation_state(session, secret)
     if state is None:
         return None
     if state.step != RotationStep.IDLE.value:
@@ -413,14 +414,47 @@ def rotation_busy(session: Session, secret: Secret) -> str | None:
     return None
 
 
+def awaiting_invalidation(session: Session, secret: Secret) -> builtins.list[SecretVersion]:
+    """Older versions a rotation has yet to invalidate at their service: every one below the
+    current version (which the secret's MAC covers, so the current value is never among
+    them) that still holds its data and was not invalidated, once a grace period runs."""
+    state = _rotation_state(session, secret)
+    if state is None or state.invalidate_after is None:
+        return []
+    current = secret.current_version or 0
+    return [v for v in secret.versions
+            if v.version < current and v.invalidated_at is None and v.wrapped_key is not None
+            and v.state in (VersionState.PREVIOUS.value, VersionState.RETIRED.value)]
+
+
 def rotation_versions(session: Session, secret: Secret) -> set[int]:
-    """Versions a rotation still needs: its pending value, and the previous value it has
-    yet to invalidate at the service."""
-    state = session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
-                            ).scalar_one_or_none()
+    """Versions a rotation still needs: its pending value, and the older values it has yet
+    to invalidate at the service."""
+    state = _rotation_state(session, secret)
     if state is None:
         return set()
-    return {v for v in (state.pending_version, state.previous_version) if v is not None}
+    return ({v.version for v in awaiting_invalidation(session, secret)}
+            | ({state.pending_version} if state.pending_version is not None else set()))
+
+
+def _rotation_state(session: Session, secret: Secret) -> Rotation | None:
+    return session.execute(select(Rotation).where(Rotation.secret_id == secret.id)
+                           ).scalar_one_or_none()
+
+
+def start_grace(session: Session, secret: Secret, previous: int | None) -> None:
+    """After a new value became current: the one it replaced keeps working for the rotation
+    policy's grace period, then the rotation invalidates it (and anything older) at the
+    service. An earlier deadline still pending is kept, never extended."""
+    state = _rotation_state(session, secret)
+    if state is None or secret.rotation is None or previous is None:
+        return
+    from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
+
+    deadline = utcnow() + RotationPolicy.from_json(secret.rotation).grace_period
+    state.previous_version = previous
+    if state.invalidate_after is None or deadline < state.invalidate_after:
+        state.invalidate_after = deadline
 
 
 def _refuse_during_rotation(session: Session, secret: Secret) -> None:

@@ -119,6 +119,7 @@ class SecretVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    invalidated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     secret: Mapped[Secret] = relationship(back_populates="versions")
 
 

@@ -1,6 +1,6 @@
 """Rotation state: one row per secret under a rotation policy (the policy itself is in
-``mlsecrets_secrets.rotation``, under the secret row's integrity MAC), and the moment each
-version was retired (retention counts from it).
+``mlsecrets_secrets.rotation``, under the secret row's integrity MAC), the moment each
+version was retired (retention counts from it) and invalidated at its service.
 
 Revision ID: 0002
 Revises: 0001
@@ -42,10 +42,12 @@ def upgrade() -> None:
     op.create_index("ix_mlsecrets_rotations_due", "mlsecrets_rotations", ["next_due_at"])
     with op.batch_alter_table("mlsecrets_secret_versions") as batch:
         batch.add_column(sa.Column("retired_at", UTCDateTime, nullable=True))
+        batch.add_column(sa.Column("invalidated_at", UTCDateTime, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("mlsecrets_secret_versions") as batch:
+        batch.drop_column("invalidated_at")
         batch.drop_column("retired_at")
     op.drop_index("ix_mlsecrets_rotations_due", "mlsecrets_rotations")
     op.drop_table("mlsecrets_rotations")

@@ -1,0 +1,122 @@
+"""The service inside a real Airflow API server: Airflow users act through role bindings,
+and a task's lookup that falls through the Execution API is answered as its DAG, verified
+from the task's own token, so one DAG cannot obtain another DAG's secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.airflow_env import BACKEND, ROOT, AirflowEnv
+from tests.airflow_env import airflow_env as airflow_env  # the fixture
+from tests.test_service import free_port, wait_for
+
+A_PASSWORD = "scope-a-canary-41c9"
+B_PASSWORD = "scope-b-canary-93d7"
+USERS = "alice:admin,bob:viewer"
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env: AirflowEnv) -> Iterator[str]:
+    vault, admin = airflow_env.vault, airflow_env.admin
+    for name, password in (("a", A_PASSWORD), ("b", B_PASSWORD)):
+        vault.secrets.put(admin, f"connections/scope_{name}_db",
+                          f"postgres://app:{password}@db.internal:5432/{name}".encode())
+        vault.access.create_principal(admin, f"dag:mlsecrets_scope_{name}", "pipeline")
+        vault.access.grant(admin, f"dag:mlsecrets_scope_{name}",
+                           f"connections/scope_{name}_db", ["inject"])
+    vault.access.create_principal(admin, "airflow-role:viewer", "viewer")
+    vault.access.grant(admin, "airflow-role:viewer", "connections/**", ["list"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**airflow_env.env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+           "AIRFLOW__SECRETS__BACKEND": BACKEND,  # the server's backend: no token of its own
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS}
+    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host",
+                               "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"{url}/api/v2/monitor/health", server, "the Airflow API server")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def user_token(air: AirflowEnv, url: str, user: str) -> str:
+    passwords = json.loads((air.home / "simple_auth_manager_passwords.json.generated"
+                            ).read_text())
+    got = httpx.post(f"{url}/auth/token", json={"username": user,
+                                                "password": passwords[user]}, timeout=30)
+    assert got.status_code == 201, got.text
+    return str(got.json()["access_token"])
+
+
+def test_airflow_users_act_through_their_bindings(airflow_env: AirflowEnv,
+                                                  api_server: str) -> None:
+    bob = user_token(airflow_env, api_server, "bob")
+    headers = {"authorization": f"Bearer {bob}"}
+    listed = httpx.get(f"{api_server}/mlsecrets/v1/list", headers=headers, timeout=30)
+    assert listed.status_code == 200
+    assert {s["path"] for s in listed.json()} >= {"connections/scope_a_db"}
+    read = httpx.post(f"{api_server}/mlsecrets/v1/read/connections/scope_a_db",
+                      headers=headers, json={}, timeout=30)
+    assert read.status_code == 403 and A_PASSWORD not in read.text
+    alice = user_token(airflow_env, api_server, "alice")  # an admin with no binding
+    unbound = httpx.get(f"{api_server}/mlsecrets/v1/list",
+                        headers={"authorization": f"Bearer {alice}"}, timeout=30)
+    assert unbound.status_code == 401 and "no principal is bound" in unbound.text
+    forged = httpx.get(f"{api_server}/mlsecrets/v1/list",
+                       headers={"authorization": f"Bearer {bob[:-4]}AAAA"}, timeout=30)
+    assert forged.status_code == 401
+    records = airflow_env.vault.audit.tail(airflow_env.admin, 20)
+    denied = [r for r in records if r.action == "secret.read"][-1]
+    assert (denied.principal, denied.outcome, denied.context["verified_by"]) == (
+        "airflow-role:viewer", "denied", "airflow")
+
+
+def test_a_dag_gets_its_own_secret_and_never_another_dags(
+        airflow_env: AirflowEnv, api_server: str, tmp_path: Path) -> None:
+    empty_home = tmp_path / "worker-home"
+    empty_home.mkdir()
+    env = {k: v for k, v in airflow_env.env.items() if not k.startswith("MLSECRETS_")}
+    env.update(MLSECRETS_HOME=str(empty_home),  # the worker: no PIN, no module, no DB URL
+               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "tests" / "dags"),
+               AIRFLOW__CORE__EXECUTOR="LocalExecutor", AIRFLOW__CORE__PARALLELISM="1",
+               AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{api_server}/execution/")
+    for name in ("a", "b"):
+        got = subprocess.run([sys.executable, "-m", "airflow", "dags", "test",
+                              f"mlsecrets_scope_{name}", "--use-executor"],
+                             capture_output=True, text=True, env=env, timeout=300,
+                             check=False)
+        assert got.returncode == 0, (got.stdout + got.stderr)[-4000:]
+    db = sqlite3.connect(airflow_env.home / "airflow.db")
+    results = {dag: json.loads(v if isinstance(v, str) else bytes(v).decode()) for dag, v in
+               db.execute("SELECT dag_id, value FROM xcom WHERE key = 'return_value' AND "
+                          "dag_id LIKE 'mlsecrets_scope_%'").fetchall()}
+    assert results["mlsecrets_scope_a"]["own"] == len(A_PASSWORD)
+    assert results["mlsecrets_scope_b"]["own"] == len(B_PASSWORD)
+    assert results["mlsecrets_scope_a"]["other"] != "served"
+    assert results["mlsecrets_scope_b"]["other"] != "served"
+    records = [r for r in airflow_env.vault.audit.tail(airflow_env.admin, 60)
+               if r.path.startswith("connections/scope_") and r.action == "secret.inject"]
+    seen = {(r.principal, r.path, r.outcome) for r in records}
+    assert {("dag:mlsecrets_scope_a", "connections/scope_a_db", "allowed"),
+            ("dag:mlsecrets_scope_a", "connections/scope_b_db", "denied"),
+            ("dag:mlsecrets_scope_b", "connections/scope_b_db", "allowed"),
+            ("dag:mlsecrets_scope_b", "connections/scope_a_db", "denied")} <= seen
+    for r in records:  # every lookup, allowed or denied, carries the verified task
+        assert r.context["verified_by"] == "execution-api"
+        assert r.context["dag_id"] == r.principal.removeprefix("dag:")
+    logs = "".join(p.read_text(errors="replace") for p in
+                   (airflow_env.home / "logs").rglob("*") if p.is_file())
+    assert A_PASSWORD not in logs and B_PASSWORD not in logs
+    assert not os.listdir(empty_home)
