@@ -83,20 +83,26 @@ def test_airflow_users_act_through_their_bindings(airflow_env: AirflowEnv,
         "airflow-role:viewer", "denied", "airflow")
 
 
-def test_a_dag_gets_its_own_secret_and_never_another_dags(
-        airflow_env: AirflowEnv, api_server: str, tmp_path: Path) -> None:
-    empty_home = tmp_path / "worker-home"
-    empty_home.mkdir()
-    env = {k: v for k, v in airflow_env.env.items() if not k.startswith("MLSECRETS_")}
-    env.update(MLSECRETS_HOME=str(empty_home),  # the worker: no PIN, no module, no DB URL
+def run_on_worker(air: AirflowEnv, api_server: str, home: Path, dag_id: str,
+                  *extra: str) -> subprocess.CompletedProcess[str]:
+    """``airflow dags test --use-executor`` on a worker that has no vault settings at all:
+    no PIN, no PKCS#11 module, no database URL, no token, no secrets backend."""
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in air.env.items() if not k.startswith("MLSECRETS_")}
+    env.update(MLSECRETS_HOME=str(home),
                AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "tests" / "dags"),
                AIRFLOW__CORE__EXECUTOR="LocalExecutor", AIRFLOW__CORE__PARALLELISM="1",
                AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{api_server}/execution/")
+    return subprocess.run([sys.executable, "-m", "airflow", "dags", "test", dag_id,
+                           "--use-executor", *extra], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+
+
+def test_a_dag_gets_its_own_secret_and_never_another_dags(
+        airflow_env: AirflowEnv, api_server: str, tmp_path: Path) -> None:
+    empty_home = tmp_path / "worker-home"
     for name in ("a", "b"):
-        got = subprocess.run([sys.executable, "-m", "airflow", "dags", "test",
-                              f"mlsecrets_scope_{name}", "--use-executor"],
-                             capture_output=True, text=True, env=env, timeout=300,
-                             check=False)
+        got = run_on_worker(airflow_env, api_server, empty_home, f"mlsecrets_scope_{name}")
         assert got.returncode == 0, (got.stdout + got.stderr)[-4000:]
     db = sqlite3.connect(airflow_env.home / "airflow.db")
     results = {dag: json.loads(v if isinstance(v, str) else bytes(v).decode()) for dag, v in
@@ -120,3 +126,28 @@ def test_a_dag_gets_its_own_secret_and_never_another_dags(
                    (airflow_env.home / "logs").rglob("*") if p.is_file())
     assert A_PASSWORD not in logs and B_PASSWORD not in logs
     assert not os.listdir(empty_home)
+
+
+def test_injection_through_airflow_is_scoped_to_the_dag(
+        airflow_env: AirflowEnv, api_server: str, tmp_path: Path) -> None:
+    vault, admin = airflow_env.vault, airflow_env.admin
+    vault.secrets.put(admin, "scoped/a_key", A_PASSWORD.encode())
+    vault.secrets.put(admin, "scoped/b_key", B_PASSWORD.encode())
+    vault.access.create_principal(admin, "dag:mlsecrets_scope_inject_a", "pipeline")
+    vault.access.grant(admin, "dag:mlsecrets_scope_inject_a", "scoped/a_key", ["inject"])
+    home = tmp_path / "worker-home"
+    own = run_on_worker(airflow_env, api_server, home, "mlsecrets_scope_inject_a")
+    assert own.returncode == 0, (own.stdout + own.stderr)[-4000:]
+    other = run_on_worker(airflow_env, api_server, home, "mlsecrets_scope_inject_a", "-c",
+                          json.dumps({"path": "scoped/b_key"}))
+    assert other.returncode != 0
+    assert B_PASSWORD not in other.stdout + other.stderr
+    records = [(r.principal, r.path, r.outcome, r.context.get("verified_by"))
+               for r in vault.audit.tail(admin, 40) if r.path.startswith("scoped/")
+               and r.action == "secret.inject"]
+    assert ("dag:mlsecrets_scope_inject_a", "scoped/a_key", "allowed",
+            "execution-api") in records
+    assert ("dag:mlsecrets_scope_inject_a", "scoped/b_key", "denied",
+            "execution-api") in records
+    assert not any(path == "scoped/b_key" and outcome == "allowed"
+                   for _, path, outcome, _ in records)

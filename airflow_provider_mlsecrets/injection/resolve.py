@@ -110,6 +110,29 @@ def _connection_field(ref: Reference) -> tuple[str, list[str]]:
     return str(value), derived
 
 
+SECRET_KEY_PREFIX = "mlsecrets:"  # noqa: S105 - Variable.get("mlsecrets:PATH") reads PATH
+
+
+class ThroughAirflow:
+    """The vault reached through Airflow itself, for workers that hold no vault settings at
+    all: ``secret:PATH`` is looked up as the variable ``mlsecrets:PATH``, which falls through
+    the Execution API to the API server, whose backend answers as the task's DAG (verified
+    from the task's own token). Versions and sealed values need a direct route."""
+
+    def inject(self, path: str, version: int | None = None) -> str:
+        if version is not None:
+            raise ResolutionError(f"secret:{path}@{version}: a version cannot be asked for "
+                                  "through Airflow; give the worker MLSECRETS_URL and a token")
+        from airflow.sdk import Variable
+
+        value = Variable.get(SECRET_KEY_PREFIX + path)
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def unseal(self, path: str, token: str) -> str:
+        raise ResolutionError(f"sealed:{path}: sealed values cannot be opened through "
+                              "Airflow; give the worker MLSECRETS_URL and a token")
+
+
 def _variable(ref: Reference) -> str:
     from airflow.sdk import Variable
 

@@ -37,7 +37,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.injection.redact import Redactor
 from airflow_provider_mlsecrets.injection.references import parse_env
-from airflow_provider_mlsecrets.injection.resolve import ResolutionError, resolve
+from airflow_provider_mlsecrets.injection.resolve import ResolutionError, ThroughAirflow, resolve
 
 READER_GRACE_SECONDS = 5
 BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
@@ -194,7 +194,12 @@ def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_defa
     except InvalidInput as exc:
         raise AirflowFailException(f"mlsecrets: {exc}") from None
     try:
-        return resolve(refs, MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id))
+        hook = MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id)
+        settings = hook.vault.settings
+        # a worker with no way to the vault of its own asks through Airflow, as its DAG
+        route = hook if settings.url or settings.token or settings.token_file \
+            else ThroughAirflow()
+        return resolve(refs, route)
     except ResolutionError as exc:
         if exc.retryable:  # an outage: the task's retries apply
             raise AirflowException(f"mlsecrets: {exc}") from None

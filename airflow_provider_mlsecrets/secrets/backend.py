@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 from airflow.secrets.base_secrets import BaseSecretsBackend
 
 from airflow_provider_mlsecrets.errors import InvalidInput, MLSecretsError, NotFound
+from airflow_provider_mlsecrets.injection.resolve import SECRET_KEY_PREFIX
 from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.paths import parse_path
 
@@ -102,6 +103,11 @@ class MLSecretsBackend(BaseSecretsBackend):
     # -- the lookup ------------------------------------------------------------------
     def path_for(self, kind: str, identifier: str) -> str | None:
         """The vault path of ``identifier``, or ``None`` if this backend does not serve it."""
+        if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
+            try:  # any vault path, as a variable: how injection reaches it through Airflow
+                return parse_path(identifier.removeprefix(SECRET_KEY_PREFIX))
+            except InvalidInput:
+                return None
         spec = self.kinds[kind]
         if spec.prefix is None:
             return None

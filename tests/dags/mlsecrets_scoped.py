@@ -35,3 +35,21 @@ def _build(name: str, own: str, other: str) -> None:
 
 _build("a", "scope_a_db", "scope_b_db")
 _build("b", "scope_b_db", "scope_a_db")
+
+
+def _own_length() -> int:
+    import os
+
+    return len(os.environ["KEY"])
+
+
+@dag(dag_id="mlsecrets_scope_inject_a", schedule=None, start_date=datetime(2026, 1, 1),
+     catchup=False, params={"path": "scoped/a_key"})
+def scoped_injection() -> None:
+    from airflow_provider_mlsecrets.operators.inject import InjectSecretsOperator
+
+    InjectSecretsOperator(task_id="inject", env={"KEY": "secret:{{ params.path }}"},
+                          python_callable=_own_length, retries=0)
+
+
+scoped_injection()
