@@ -1,5 +1,7 @@
 #!/bin/sh
-# First start: provision the dev vault (idempotent), then run the command.
+# The init job: Airflow's schema, then the vault (SoftHSM2 token, schema, keys, the first
+# security engineer, whose token lands in the vault volume, mode 0600). Idempotent.
 set -eu
-mlsecrets init --dev >&2
-exec "$@"
+airflow db migrate
+mlsecrets init --dev
+echo "mlsecrets: vault ready; the first security engineer's token is in $MLSECRETS_HOME/admin.token" >&2
