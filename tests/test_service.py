@@ -78,8 +78,8 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Served]:
+def served(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Served]:
     vault, admin = airflow_env.vault, airflow_env.admin
     vault.secrets.put(admin, "ml/openai/api_key", API_KEY.encode())
     vault.secrets.put(admin, "ml/short", b"abc")
@@ -98,9 +98,9 @@ def served(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
         admin, "http-expired", "pipeline", utcnow() + timedelta(seconds=1)))
     port = free_port()
     env = {**airflow_env.env}
-    server = subprocess.Popen([*MLSECRETS, "serve", "--port", str(port), "--rate", "20",
-                               "--burst", "40"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    limits = getattr(request.module, "SERVE_LIMITS", ["--rate", "20", "--burst", "40"])
+    server = subprocess.Popen([*MLSECRETS, "serve", "--port", str(port), *limits], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/v1/openapi.json", server, "mlsecrets serve")
