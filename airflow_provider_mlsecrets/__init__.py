@@ -30,26 +30,15 @@ def get_provider_info() -> dict[str, Any]:
             "hook-name": "ML Secrets vault",
             "connection-type": "mlsecrets",
             "conn-fields": {
-                "pkcs11_module": {"label": "PKCS#11 module",
-                                  "schema": {"type": ["string", "null"]},
-                                  "description": "path of the HSM's PKCS#11 library"},
-                "token_label": {"label": "HSM token label",
-                                "schema": {"type": ["string", "null"], "default": "mlsecrets"}},
-                "pin_file": {"label": "HSM PIN file",
-                             "schema": {"type": ["string", "null"]},
-                             "description": "a file holding the PIN; the PIN itself never "
-                                            "goes in a connection"},
                 "token_file": {"label": "Principal token file",
-                               "schema": {"type": ["string", "null"]}},
-                "url": {"label": "Vault service URL",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "https://… of the mlsecrets service; with it, this "
-                                       "process needs no PIN, HSM or database"},
+                               "schema": {"type": ["string", "null"]},
+                               "description": "a file holding the principal's token "
+                                              "(everything else comes from MLSECRETS_*)"},
             },
             "ui-field-behaviour": {
-                "hidden-fields": ["schema", "login", "password", "port"],
-                "relabeling": {"host": "Database URL (SQLAlchemy)"},
-                "placeholders": {"host": "postgresql+psycopg://mlsecrets@db/mlsecrets"},
+                "hidden-fields": ["host", "schema", "login", "password", "port"],
+                "relabeling": {},
+                "placeholders": {},
             },
         }],
         "plugins": [{"name": "mlsecrets",

@@ -77,8 +77,12 @@ class Settings:
             raise ConfigurationError("MLSECRETS_MAX_VALUE_BYTES must be between 1 and 16777216")
         if not 1 <= self.max_versions <= 10_000:
             raise ConfigurationError("MLSECRETS_MAX_VERSIONS must be between 1 and 10000")
-        if self.url is not None and not self.url.startswith(("https://", "http://")):
-            raise ConfigurationError(f"MLSECRETS_URL {self.url!r} must start with https://")
+        if self.url is not None and not (self.url.startswith("https://") or _loopback_http(
+                self.url)):
+            raise ConfigurationError(
+                f"MLSECRETS_URL {self.url!r} must start with https:// (plain http:// only to "
+                "127.0.0.1, ::1 or localhost): tokens and values must not cross a network "
+                "in clear text")
         if not 1 <= self.rotation_lease <= 86_400:
             raise ConfigurationError("MLSECRETS_ROTATION_LEASE must be between 1 and 86400 "
                                      "seconds")
@@ -199,3 +203,10 @@ def _read_secret_file(path: Path, name: str) -> str:
     if not text:
         raise ConfigurationError(f"{name} ({path}) is empty")
     return text
+
+
+def _loopback_http(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")

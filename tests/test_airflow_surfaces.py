@@ -108,9 +108,7 @@ def test_the_hook_in_a_task_process(airflow_env: AirflowEnv, tmp_path: Path) -> 
         except Exception as exc:
             print(type(exc).__name__)
     """))
-    conn = {"conn_type": "mlsecrets", "extra": {
-        "home": str(airflow_env.vault.settings.home),
-        "token_file": str(airflow_env.pipeline_token)}}
+    conn = {"conn_type": "mlsecrets", "extra": {"token_file": str(airflow_env.pipeline_token)}}
     env = {**airflow_env.env, "AIRFLOW_CONN_MLSECRETS_DEFAULT": json.dumps(conn)}
     airflow_env.vault.access.grant(airflow_env.admin, "airflow-pipeline", "variables/model_*",
                                    ["list"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -212,6 +213,14 @@ def test_the_door_refuses_oversize_unbounded_and_flooding_requests(served: Serve
                               range(200)))
     assert codes.count(200) >= 40 and 429 in codes
     assert served.call("GET", "list", admin).status_code == 200  # per caller, not global
+    # a fresh (or re-spaced) credential per request buys no new burst: failed
+    # authentications are counted per address, so they cannot flood the audit trail
+    before = served.air.vault.audit.count(served.air.admin)
+    bogus = [served.call("GET", "list", "mls_" + secrets.token_urlsafe(32)).status_code
+             for _ in range(60)]
+    assert bogus.count(401) <= 20 and 429 in bogus
+    assert served.air.vault.audit.count(served.air.admin) - before <= 22
+    time.sleep(6)  # let this address's failure budget refill for the tests that follow
 
 
 def test_the_openapi_schema_names_every_route(served: Served) -> None:

@@ -151,3 +151,13 @@ def test_injection_through_airflow_is_scoped_to_the_dag(
             "execution-api") in records
     assert not any(path == "scoped/b_key" and outcome == "allowed"
                    for _, path, outcome, _ in records)
+    # nobody can plant a value behind secret:PATH in Airflow's metastore: the namespace is
+    # the vault's, and a missing secret stops the lookup instead of falling through
+    planted = airflow_env.run("variables", "set", "mlsecrets:scoped/planted", "planted-value")
+    assert planted.returncode == 0, planted.stderr[-2000:]
+    fell = run_on_worker(airflow_env, api_server, home, "mlsecrets_scope_inject_a", "-c",
+                         json.dumps({"path": "scoped/planted"}))
+    assert fell.returncode != 0
+    db = sqlite3.connect(airflow_env.home / "airflow.db")
+    assert not db.execute("SELECT 1 FROM xcom WHERE dag_id = 'mlsecrets_scope_inject_a' AND "
+                          "run_id LIKE '%' AND value = '13'").fetchall()

@@ -23,10 +23,14 @@ from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_mlsecrets.api.app import create_app
 from airflow_provider_mlsecrets.api.hardening import Receive, Scope, Send
+from airflow_provider_mlsecrets.errors import AccessDenied
 
 log = logging.getLogger(__name__)
 URL_PREFIX = "/mlsecrets"
-_TASK_INSTANCE: contextvars.ContextVar[UUID | None] = contextvars.ContextVar(
+UNVERIFIED = "unverified"  # an Execution API request whose task token did not verify
+# set for the duration of each Execution API request: the task instance it verified, or
+# UNVERIFIED; None outside such requests
+_TASK_INSTANCE: contextvars.ContextVar[UUID | str | None] = contextvars.ContextVar(
     "mlsecrets_task_instance", default=None)
 
 
@@ -34,7 +38,10 @@ async def airflow_user(credential: str) -> tuple[str, ...] | None:
     """The principal names of the Airflow user this token belongs to (``None`` if it is not
     a valid Airflow user token)."""
     from airflow.api_fastapi.app import get_auth_manager
+    from airflow.configuration import conf
 
+    if conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+        return None  # every anonymous request carries an admin token then: trust none
     try:
         user = await get_auth_manager().get_user_from_token(credential)
     except Exception:  # expired, revoked, forged or not a user token: not verified
@@ -69,16 +76,20 @@ class TaskIdentityMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reset = None
-        if scope["type"] == "http" and scope.get("path", "").startswith("/execution/"):
+        # any path with an /execution/ segment (behind a base_url prefix too): marking a
+        # request that is not one only makes its lookups fail closed
+        if scope["type"] == "http" and "/execution/" in scope.get("path", ""):
+            identity: UUID | str = UNVERIFIED
             credential = next((v.decode("latin-1").partition(" ")[2].strip()
                                for k, v in scope.get("headers", []) if k == b"authorization"),
                               "")
             if credential:
                 try:
                     claims = await _task_token_validator().avalidated_claims(credential)
-                    reset = _TASK_INSTANCE.set(UUID(str(claims["sub"])))
+                    identity = UUID(str(claims["sub"]))
                 except Exception as exc:  # not a valid task token: no identity
                     log.debug("mlsecrets: no task identity (%s)", type(exc).__name__)
+            reset = _TASK_INSTANCE.set(identity)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -86,11 +97,18 @@ class TaskIdentityMiddleware:
                 _TASK_INSTANCE.reset(reset)
 
 
-def task_identity() -> dict[str, Any] | None:
-    """The task instance whose Execution API request this thread is serving, if any."""
+def in_execution_request() -> bool:
+    """Whether this thread serves a task's request through the Execution API."""
+    return _TASK_INSTANCE.get() is not None
+
+
+def task_identity() -> dict[str, Any]:
+    """The task instance whose Execution API request this thread serves. Fails closed: a
+    token that did not verify, or one whose task instance is gone (an older try's process
+    still running), is refused, never served with this server's own credentials."""
     ti_id = _TASK_INSTANCE.get()
-    if ti_id is None:
-        return None
+    if not isinstance(ti_id, UUID):
+        raise AccessDenied("access denied: the task's Execution API token did not verify")
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -101,7 +119,8 @@ def task_identity() -> dict[str, Any] | None:
             TaskInstance.map_index, TaskInstance.try_number).where(
             TaskInstance.id == ti_id)).one_or_none()
     if row is None:
-        return None
+        raise AccessDenied("access denied: the task instance of this token is not current "
+                           "(cleared or retried)")
     return {"dag_id": row.dag_id, "task_id": row.task_id, "run_id": row.run_id,
             "map_index": row.map_index, "try_number": row.try_number}
 

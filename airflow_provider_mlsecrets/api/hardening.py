@@ -28,33 +28,39 @@ HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 class RateLimiter:
-    """A token bucket per caller (a hash of its credential, or its address), in a bounded
-    table: at most ``callers`` buckets, the least recently seen dropped first."""
+    """A token bucket per key (a client address, a credential's hash), in a bounded table:
+    at most ``callers`` buckets, the least recently seen dropped first."""
 
     def __init__(self, rate: float, burst: int, callers: int = 10_000) -> None:
         self.rate, self.burst, self.callers = rate, burst, callers
         self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allow(self, key: bytes) -> float:
-        """0 if the call may go ahead, else the seconds to wait."""
+    def allow(self, key: bytes, *, spend: bool = True) -> float:
+        """0 if the call may go ahead (spending a token unless ``spend`` is false), else the
+        seconds to wait."""
         now = time.monotonic()
         with self._lock:
             tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
             wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-            self._buckets[key] = (tokens - 1 if wait == 0 else tokens, now)
+            self._buckets[key] = (tokens - 1 if wait == 0 and spend else tokens, now)
             while len(self._buckets) > self.callers:
                 self._buckets.popitem(last=False)
             return wait
 
 
-def _caller_key(scope: Scope) -> bytes:
+def _address(scope: Scope) -> bytes:
+    client = scope.get("client") or ("?", 0)
+    return str(client[0]).encode()
+
+
+def _credential(scope: Scope) -> bytes | None:
+    """The bearer credential, normalised (``Bearer   x `` and ``bearer x`` are one key)."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            return b"a:" + hashlib.sha256(value).digest()
-    client = scope.get("client") or ("?", 0)
-    return b"c:" + str(client[0]).encode()
+            return hashlib.sha256(b" ".join(value.split()[1:2])).digest()
+    return None
 
 
 def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
@@ -75,19 +81,27 @@ def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = 
 
 class Hardening:
     """ASGI middleware: refuses bodies over ``max_body`` bytes with 413 (a body must declare
-    its length; the server holds it to that), callers over their rate with 429, and adds
-    :data:`HEADERS` to every answer."""
+    its length; the server holds it to that), callers over their rate with 429 (per
+    credential, and per address for failed authentications), and adds :data:`HEADERS` to
+    every answer."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, limiter: RateLimiter | None,
                  tls: bool = False) -> None:
         self.app, self.max_body, self.limiter, self.tls = app, max_body, limiter, tls
+        # failed authentications, per address: fresh or mangled credentials buy no new
+        # burst, and cannot flood the audit trail with denials
+        self.failures = None if limiter is None else RateLimiter(
+            max(limiter.rate / 10, 0.5), max(limiter.burst // 4, 5))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.limiter is not None:
-            wait = self.limiter.allow(_caller_key(scope))
+        address, credential = _address(scope), _credential(scope)
+        if self.limiter is not None and self.failures is not None:
+            wait = self.failures.allow(address, spend=False) or (
+                self.limiter.allow(b"a:" + credential) if credential is not None
+                else self.limiter.allow(b"c:" + address))
             if wait:
                 await _reply(429, "too many requests; slow down",
                              [(b"retry-after", str(int(wait) + 1).encode())])(send)
@@ -106,6 +120,8 @@ class Hardening:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *HEADERS,
                                       *([HSTS] if self.tls else [])]
+                if message.get("status") == 401 and self.failures is not None:
+                    self.failures.allow(address)
             await send(message)
 
         await self.app(scope, receive, secured_send)

@@ -18,16 +18,17 @@ from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlsecrets.airflow_context import caller_context
 from airflow_provider_mlsecrets.client import open_vault
+from airflow_provider_mlsecrets.errors import ConfigurationError
 from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
 from airflow_provider_mlsecrets.settings import Settings
 
-# connection extras -> vault settings
-_EXTRAS = {"db_url": "db_url", "pkcs11_module": "pkcs11_module", "token_label": "pkcs11_token",
-           "home": "home", "pin_file": "pkcs11_pin_file", "token_file": "token_file",
-           "softhsm2_conf": "softhsm2_conf", "key_prefix": "key_prefix", "url": "url",
-           "ca_file": "ca_file"}
+# connection extras -> vault settings. Only these: a connection is data that anyone who may
+# edit connections (or run Airflow's connection test in the API server) controls, so it must
+# not name a PKCS#11 library to load, a database, a PIN file or a service URL to send a token
+# to; those come from the process's own MLSECRETS_* settings alone.
+_EXTRAS = {"token_file": "token_file"}
 
 
 class MLSecretsHook(BaseHook):
@@ -97,10 +98,14 @@ class MLSecretsHook(BaseHook):
         except Exception:  # no such connection: the environment configures the vault
             return {}
         extras = conn.extra_dejson
-        overrides = {setting: extras.get(extra) for extra, setting in _EXTRAS.items()}
-        if conn.host and not overrides.get("db_url"):
-            overrides["db_url"] = conn.host
-        return overrides
+        refused = sorted(set(extras) - set(_EXTRAS))
+        if refused or conn.host:
+            raise ConfigurationError(
+                f"the {self.mlsecrets_conn_id} connection may only set "
+                f"{', '.join(sorted(_EXTRAS))}; the database, the HSM and the service URL come "
+                f"from the MLSECRETS_* settings of the process (refused: "
+                f"{', '.join(refused + (['host'] if conn.host else []))})")
+        return {setting: extras.get(extra) for extra, setting in _EXTRAS.items()}
 
     def caller(self) -> Caller:
         """Who the hook acts as: its token, and the task or component asking."""

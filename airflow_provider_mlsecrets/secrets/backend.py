@@ -104,7 +104,12 @@ class MLSecretsBackend(BaseSecretsBackend):
     def path_for(self, kind: str, identifier: str) -> str | None:
         """The vault path of ``identifier``, or ``None`` if this backend does not serve it."""
         if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
-            try:  # any vault path, as a variable: how injection reaches it through Airflow
+            # any vault path, as a variable: how a worker with no vault settings reaches a
+            # secret: only for a task's verified Execution API request (elsewhere the
+            # prefixes and patterns below decide, and such a key is not ours)
+            if not _in_execution_request():
+                return None
+            try:
                 return parse_path(identifier.removeprefix(SECRET_KEY_PREFIX))
             except InvalidInput:
                 return None
@@ -126,6 +131,10 @@ class MLSecretsBackend(BaseSecretsBackend):
             vault = self._get_vault()
             raw = vault.secrets.inject(self._caller(vault), path)
         except NotFound:
+            if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
+                # the namespace is ours: no other source may answer for a missing secret
+                raise AirflowSecretsBackendAccessDenied(
+                    f"mlsecrets has no secret at {path}") from None
             return None
         except MLSecretsError as exc:
             log.error("mlsecrets refused the %s %r (%s): %s", kind, identifier,
@@ -157,14 +166,13 @@ class MLSecretsBackend(BaseSecretsBackend):
         from airflow_provider_mlsecrets.airflow_context import caller_context
         from airflow_provider_mlsecrets.service import Caller
 
-        if "airflow_provider_mlsecrets.api.airflow_plugin" in sys.modules:
+        if _in_execution_request():
             from airflow_provider_mlsecrets.api.airflow_plugin import task_identity
 
-            task = task_identity()
-            if task is not None:
-                context = {**caller_context(), "component": "airflow api-server",
-                           "verified_by": "execution-api", **task}
-                return Caller(None, context, verified=(f"dag:{task['dag_id']}",))
+            task = task_identity()  # refuses rather than fall back to this server's token
+            context = {**caller_context(), "component": "airflow api-server",
+                       "verified_by": "execution-api", **task}
+            return Caller(None, context, verified=(f"dag:{task['dag_id']}",))
         return Caller(vault.settings.read_caller_token(), caller_context())
 
     def _get_vault(self) -> Vault:
@@ -194,3 +202,13 @@ class _Kind:
             self.pattern = re.compile(pattern) if pattern is not None else None
         except re.error as exc:
             raise ValueError(f"invalid lookup pattern {pattern!r}: {exc}") from None
+
+
+def _in_execution_request() -> bool:
+    """Whether this process is the Airflow API server serving a task's Execution API
+    request (the plugin's middleware says so; nowhere else is it loaded and set)."""
+    if "airflow_provider_mlsecrets.api.airflow_plugin" not in sys.modules:
+        return False
+    from airflow_provider_mlsecrets.api.airflow_plugin import in_execution_request
+
+    return in_execution_request()
