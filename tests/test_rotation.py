@@ -286,6 +286,13 @@ def test_a_policy_changed_in_the_database_is_refused(env: Env, service: ProbeSer
             rotation=policy(service, schedule="1d").to_json()))
     with pytest.raises(IntegrityError):
         env.vault.rotation.rotate(env.admin, PATH)
+    # one altered secret fails on its own: it is listed as due (so its run fails loudly)
+    # and does not stop the others
+    env.vault.secrets.put(env.admin, "ml/other", b"y" * 10)
+    env.vault.rotation.set_policy(env.admin, "ml/other", policy(service),
+                                  next_due=utcnow() - timedelta(seconds=1))
+    assert env.vault.rotation.due(env.admin) == ["ml/api/key", "ml/other"]
+    assert env.vault.rotation.rotate(env.admin, "ml/other").result == "rotated"
 
 
 def test_a_state_row_pointing_at_an_old_version_cannot_promote_it(

@@ -18,6 +18,7 @@ from airflow_provider_mlsecrets.api.airflow_plugin import (
 from airflow_provider_mlsecrets.errors import AccessDenied
 from airflow_provider_mlsecrets.hooks.vault import MLSecretsHook
 from airflow_provider_mlsecrets.secrets.backend import MLSecretsBackend
+from tests.conftest import Env
 
 
 def through_middleware(path: str, authorization: bytes | None) -> dict[str, Any]:
@@ -63,3 +64,19 @@ def test_a_connection_cannot_point_the_vault_elsewhere(monkeypatch: pytest.Monke
     ok, message = MLSecretsHook().test_connection()
     assert not ok and "may only set token_file" in message
     assert "pkcs11_module" in message and "url" in message
+
+
+def test_a_verified_identity_with_no_principal_falls_through_only_where_the_vault_is_silent(
+        env: Env) -> None:
+    from airflow_provider_mlsecrets.errors import NotFound
+    from airflow_provider_mlsecrets.service import Caller
+
+    env.vault.secrets.put(env.admin, "connections/held", b"postgres://u:held-pw@h/db")
+    unbound = Caller(None, {"component": "test"}, verified=("dag:no_principal",))
+    with pytest.raises(NotFound):  # nothing there: Airflow may look in its metastore
+        env.vault.secrets.inject(unbound, "connections/elsewhere")
+    with pytest.raises(AccessDenied):  # the vault holds it: no other source may serve it
+        env.vault.secrets.inject(unbound, "connections/held")
+    records = {(r.principal, r.path, r.outcome) for r in env.vault.audit.tail(env.admin, 5)}
+    assert {("dag:no_principal", "connections/elsewhere", "not_found"),
+            ("dag:no_principal", "connections/held", "denied")} <= records

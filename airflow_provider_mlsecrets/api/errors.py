@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 STATUS: tuple[tuple[type[errors.MLSecretsError], int], ...] = (
     (errors.VersionConflict, 409),
     (errors.RotationBusy, 409),
+    (errors.RotationFailed, 502),  # the service the rotator talks to failed
     (errors.InvalidInput, 400),
     (errors.Unauthenticated, 401),
     (errors.AccessDenied, 403),

@@ -92,6 +92,9 @@ class Hardening:
         # burst, and cannot flood the audit trail with denials
         self.failures = None if limiter is None else RateLimiter(
             max(limiter.rate / 10, 0.5), max(limiter.burst // 4, 5))
+        # credentials that authenticated lately are not held back by their address's
+        # failures (one bad client behind a proxy must not lock out everyone)
+        self._good: OrderedDict[bytes, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,7 +102,8 @@ class Hardening:
             return
         address, credential = _address(scope), _credential(scope)
         if self.limiter is not None and self.failures is not None:
-            wait = self.failures.allow(address, spend=False) or (
+            known_good = credential is not None and credential in self._good
+            wait = (0.0 if known_good else self.failures.allow(address, spend=False)) or (
                 self.limiter.allow(b"a:" + credential) if credential is not None
                 else self.limiter.allow(b"c:" + address))
             if wait:
@@ -120,8 +124,17 @@ class Hardening:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *HEADERS,
                                       *([HSTS] if self.tls else [])]
-                if message.get("status") == 401 and self.failures is not None:
+                status = message.get("status", 500)
+                if status == 401 and self.failures is not None:
                     self.failures.allow(address)
+                elif status < 400 and credential is not None:
+                    self._remember(credential)
             await send(message)
 
         await self.app(scope, receive, secured_send)
+
+    def _remember(self, credential: bytes) -> None:
+        self._good[credential] = None
+        self._good.move_to_end(credential)
+        while len(self._good) > 10_000:
+            self._good.popitem(last=False)

@@ -47,6 +47,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _init(args: argparse.Namespace, ctx: Context) -> None:
     settings = ctx.settings
+    if settings.url:
+        raise ConfigurationError(f"MLSECRETS_URL is set ({settings.url}): a vault is "
+                                 "initialised where it runs, with its HSM and database; unset "
+                                 "MLSECRETS_URL there")
     if not settings.pkcs11_module:
         if not args.dev:
             raise ConfigurationError(

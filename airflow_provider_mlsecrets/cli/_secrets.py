@@ -14,7 +14,7 @@ from airflow_provider_mlsecrets.cli._rotation import (
     next_due_from_args,
     policy_from_args,
 )
-from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from airflow_provider_mlsecrets.cli.main import Context
@@ -110,6 +110,10 @@ def read_value(args: argparse.Namespace, limit: int) -> bytes:
 def _put(args: argparse.Namespace, ctx: Context) -> None:
     limit = ctx.settings.max_value_bytes
     policy = policy_from_args(args, ctx)  # a bad policy fails before anything is written
+    if policy is not None and ctx.settings.url:
+        raise ConfigurationError("rotation policies are set where the vault runs, not through "
+                                 "MLSECRETS_URL; write the value, then run 'mlsecrets rotation "
+                                 "set' there")
     if args.connection_uri is not None or args.connection_json is not None:
         from airflow_provider_mlsecrets.cli._airflow import connection_value
 

@@ -189,16 +189,20 @@ class Core:
                 session.begin()
                 self.vault_id(session)
                 actor, decision = self._authorise(session, caller, capability, path)
-            # only a policy denial of a valid principal may turn into "not found"; a revoked
-            # or expired token, or a tampered record, learns nothing about what exists
-            if (actor is not None and not decision.allowed and absent is not None
-                    and decision.reason not in (REVOKED, EXPIRED)
+            # only a policy denial of a valid principal (or of a verified identity with no
+            # principal bound to it yet, such as a DAG with nothing in the vault) may turn
+            # into "not found"; a revoked or expired token, or a tampered record, learns
+            # nothing about what exists
+            if ((actor is not None or caller.verified) and not decision.allowed
+                    and absent is not None and decision.reason not in (REVOKED, EXPIRED)
                     and not decision.reason.startswith(TAMPERED)):
                 with self.database_errors():
                     missing = absent(session)
                 if missing:
                     session.rollback()
-                    self._record_alone(base, actor.name, actor.role.value, Outcome.NOT_FOUND,
+                    who = actor.name if actor else (caller.verified or (NOBODY,))[0]
+                    self._record_alone(base, who, actor.role.value if actor else "",
+                                       Outcome.NOT_FOUND,
                                        f"nothing at {path} ({decision.reason})", version)
                     raise NotFound(f"no secret at {path}")
             if actor is None or not decision.allowed:
