@@ -123,6 +123,8 @@ def test_a_client_with_only_a_url_and_a_token_reads_lists_and_writes(served: Ser
     assert "ml/openai/api_key" in served.cli("admin", "secret", "list", "ml/").stdout
     written = served.cli("admin", "secret", "put", "ml/remote/new", "--generate", "24")
     assert written.returncode == 0 and "version 1 written" in written.stdout
+    verified = served.cli("admin", "audit", "verify")
+    assert verified.returncode == 0 and "audit trail OK" in verified.stdout, verified.stderr
     status = json.loads(served.cli("admin", "--json", "status").stdout)
     assert status["you"] == "admin (security_engineer)"
     unsupported = served.cli("admin", "key", "rotate")

@@ -43,6 +43,10 @@ class DestroyIn(_Strict):
     version: int = Field(ge=1)
 
 
+class VerifyIn(_Strict):
+    all_seals: bool = False
+
+
 class UnsealIn(_Strict):
     token: str = Field(max_length=64 * 1024 * 1024)
 
@@ -183,9 +187,14 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
                               outcome=outcome.value if outcome else None)
         return _plain(vault().audit.tail(caller, n, filters))  # type: ignore[no-any-return]
 
+    @router.get("/audit/count", tags=["audit"])
+    def audit_count(caller: Who) -> dict[str, int]:
+        return {"records": vault().audit.count(caller)}
+
     @router.post("/audit/verify", tags=["audit"])
-    def audit_verify(caller: Who) -> dict[str, Any]:
-        report = vault().audit.verify(caller)
+    def audit_verify(body: VerifyIn, caller: Who) -> dict[str, Any]:
+        """The whole trail checked; a broken chain is a 409 naming the first bad record."""
+        report = vault().audit.verify(caller, all_seals=body.all_seals)
         return {"ok": report.ok, "records": report.records, "chains": report.chains,
                 "seals_checked": report.seals_checked, "problems": report.problems}
 

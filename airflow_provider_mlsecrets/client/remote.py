@@ -16,6 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from airflow_provider_mlsecrets import errors
+from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
+from airflow_provider_mlsecrets.audit.verify import Progress, Report
 from airflow_provider_mlsecrets.paths import parse_path
 from airflow_provider_mlsecrets.service import Caller
 from airflow_provider_mlsecrets.service.access import GrantInfo, PrincipalInfo
@@ -198,6 +200,22 @@ class RemoteAudit(_Unsupported):
                   if v is not None}
         return [_build(AuditView, r) for r in self._http.call(caller, "GET", "audit",
                                                                params=params)]
+
+
+    def count(self, caller: Caller) -> int:
+        return int(self._http.call(caller, "GET", "audit/count")["records"])
+
+    def verify(self, caller: Caller, *, checkpoint: Checkpoint | None = None,
+               all_seals: bool = False, progress: Progress | None = None) -> Report:
+        if checkpoint is not None:
+            raise errors.ConfigurationError("verifying against a checkpoint file is not "
+                                            "available through MLSECRETS_URL")
+        got = self._http.call(caller, "POST", "audit/verify", body={"all_seals": all_seals})
+        report = Report(records=int(got["records"]), seals_checked=int(got["seals_checked"]),
+                        chains=int(got["chains"]), problems=list(got["problems"]))
+        if progress is not None:
+            progress(report.records)
+        return report
 
 
 class RemoteRotation(_Unsupported):
