@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stats import summary, timings
 
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
@@ -32,22 +33,6 @@ from airflow_provider_mlsecrets.keys import KekId, MacKey
 from airflow_provider_mlsecrets.keys.softhsm import provision
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.settings import Settings
-
-
-def timings(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"median_us": statistics.median(ordered) * 1e6,
-            "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6,
-            "per_second": len(ordered) / sum(ordered)}
 
 
 def main() -> None:

@@ -12,34 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stats import summary, timings
 
 URI = "postgresql://trainer:bench-pa55word@warehouse.internal:5432/features"
-
-
-def timings(fn: Callable[[], object], n: int) -> list[float]:
-    for _ in range(min(20, n)):  # warm caches, pools and sessions first
-        fn()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"median_us": statistics.median(ordered) * 1e6,
-            "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6}
 
 
 def prepare(base: Path) -> dict[str, str]:
@@ -109,7 +93,7 @@ def main() -> None:
     for name, lookup in backends.items():
         conn = lookup()
         assert getattr(conn, "password", None) == "bench-pa55word", name
-    rows = {name: summary(timings(lookup, args.n)) for name, lookup in backends.items()}
+    rows = {name: summary(timings(lookup, args.n, warmup=20)) for name, lookup in backends.items()}
     metastore = rows["MetastoreBackend (Fernet, SQLite)"]["median_us"]
     for row in rows.values():
         row["ratio_to_metastore"] = row["median_us"] / metastore
