@@ -238,7 +238,8 @@ class Core:
         principal = self._principal(session, caller)
         if isinstance(principal, Decision):
             return None, principal
-        if not principal_intact(self.keys, session, self.vault_id(session), principal):
+        if not principal_intact(self.keys, session, self.vault_id(session), principal,
+                                grants_loaded=True):  # selectinload read them just now
             return None, Decision(False, f"{TAMPERED}: principal {principal.name}")
         actor = Actor(name=principal.name, role=Role(principal.role), rules=tuple(
             Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),

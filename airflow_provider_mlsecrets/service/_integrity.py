@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,10 +36,16 @@ def _ts(moment: datetime | None) -> str:
     return "" if moment is None else format_ts(moment)
 
 
-def _principal_bytes(session: Session, vault_id: str, p: Principal) -> bytes:
-    session.flush()
-    grants = session.execute(select(Grant.pattern, Grant.effect, Grant.capabilities).where(
-        Grant.principal_id == p.id)).all()
+def _principal_bytes(session: Session, vault_id: str, p: Principal,
+                     loaded: bool = False) -> bytes:
+    """``loaded``: the principal's ``grants`` were just read from the database in this
+    transaction (as authentication does), so they need not be queried again."""
+    if loaded:
+        grants: Sequence[Any] = p.grants
+    else:
+        session.flush()
+        grants = session.execute(select(Grant.pattern, Grant.effect, Grant.capabilities)
+                                 .where(Grant.principal_id == p.id)).all()
     digest = hashlib.sha256(canonical.encode(
         *sorted(canonical.encode(g.pattern, g.effect, g.capabilities) for g in grants))).digest()
     return canonical.encode(PRINCIPAL_TAG, vault_id, p.name, p.role, p.token_hash,
@@ -57,8 +65,10 @@ def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Princi
     p.mac = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
 
 
-def principal_intact(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> bool:
-    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
+def principal_intact(keys: KeyProvider, session: Session, vault_id: str, p: Principal, *,
+                     grants_loaded: bool = False) -> bool:
+    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p,
+                                                           grants_loaded))
     return hmac.compare_digest(expected, p.mac or b"")
 
 

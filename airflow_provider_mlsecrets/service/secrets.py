@@ -268,9 +268,8 @@ class SecretsService:
         path = parse_path(path)
         with self._core.operation(caller, action, capability, path, version,
                                   absent=absent) as op:
-            if absent is not None:
-                self._refuse_if_held_but_unservable(op.session, path)
-            secret = self.existing(op.session, path)
+            secret = (self._servable(op.session, path) if absent is not None
+                      else self.existing(op.session, path))
             if version is None:
                 if secret.current_version is None:
                     raise NotFound(f"{path} has no current version")
@@ -297,14 +296,15 @@ class SecretsService:
                    ciphertext=row.ciphertext, format_version=row.format_version),
             self._binding(session, path, row.version))
 
-    def _refuse_if_held_but_unservable(self, session: Session, path: str) -> None:
-        """For lookups that fall through to other sources on "not found": the vault holding
-        the name (in any letter case) but unable to serve it is a refusal, never a miss, so
-        no other source can serve that name instead (Airflow's environment backend
-        upper-cases ids; a deleted, destroyed or version-less secret is still ours)."""
+    def _servable(self, session: Session, path: str) -> Secret:
+        """For lookups that fall through to other sources on "not found": the secret at
+        ``path``, or :class:`NotFound` when the vault holds no such name in any letter case.
+        A name the vault holds but cannot serve is a refusal, never a miss, so no other
+        source can serve it instead (Airflow's environment backend upper-cases ids; a
+        deleted, destroyed or version-less secret is still ours)."""
         held = _holds_name(session, path)
         if held is None:
-            return
+            raise NotFound(f"no secret at {path}")
         if held != path:
             raise AccessDenied(f"the vault holds {held}, which differs from {path} only in "
                                "case; refusing so that no other source serves this name")
@@ -312,6 +312,7 @@ class SecretsService:
         if secret.deleted_at is not None or secret.current_version is None:
             raise AccessDenied(f"{path} is in the vault but cannot be served (deleted or no "
                                "current version); refusing so that no other source serves it")
+        return secret
 
     def _set_deleted(self, caller: Caller, path: str, *, deleted: bool) -> None:
         path = parse_path(path)
