@@ -123,6 +123,14 @@ def test_a_client_with_only_a_url_and_a_token_reads_lists_and_writes(served: Ser
     assert "ml/openai/api_key" in served.cli("admin", "secret", "list", "ml/").stdout
     written = served.cli("admin", "secret", "put", "ml/remote/new", "--generate", "24")
     assert written.returncode == 0 and "version 1 written" in written.stdout
+    granted = served.cli("admin", "grant", "http-viewer", "ml/remote/**", "list")
+    assert granted.returncode == 0, granted.stderr
+    assert "ml/remote/**" in served.cli("admin", "policy", "show", "http-viewer").stdout
+    assert served.cli("admin", "revoke", "http-viewer", "ml/remote/**").returncode == 0
+    point = served.client_home.parent / "checkpoint.json"
+    made = served.cli("admin", "audit", "checkpoint", "--out", str(point))
+    assert made.returncode == 0 and json.loads(point.read_text())["chains"], made.stderr
+    point.unlink()
     verified = served.cli("admin", "audit", "verify")
     assert verified.returncode == 0 and "audit trail OK" in verified.stdout, verified.stderr
     status = json.loads(served.cli("admin", "--json", "status").stdout)

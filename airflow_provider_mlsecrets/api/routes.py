@@ -8,6 +8,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -45,6 +46,16 @@ class DestroyIn(_Strict):
 
 class VerifyIn(_Strict):
     all_seals: bool = False
+
+
+class RevokeIn(_Strict):
+    principal: str = Field(max_length=MAX_NAME)
+    pattern: str = Field(max_length=MAX_NAME)
+
+
+class KeyRotateIn(_Strict):
+    resume: bool = False
+    keep_retired: bool = False
 
 
 class UnsealIn(_Strict):
@@ -177,6 +188,16 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
         return _plain(vault().access.grant(  # type: ignore[no-any-return]
             caller, body.principal, body.pattern, body.capabilities, deny=body.deny))
 
+    @router.post("/grants/revoke", tags=["access"])
+    def revoke_grant(body: RevokeIn, caller: Who) -> dict[str, Any]:
+        removed = vault().access.revoke_grant(caller, body.principal, body.pattern)
+        return {"principal": body.principal, "pattern": body.pattern, "removed": removed}
+
+    @router.get("/policy", tags=["access"])
+    def policy(caller: Who, principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None
+               ) -> builtins.list[dict[str, Any]]:
+        return _plain(vault().access.policy(caller, principal))  # type: ignore[no-any-return]
+
     # -- audit -------------------------------------------------------------------------
     @router.get("/audit", tags=["audit"])
     def audit_tail(caller: Who, n: Annotated[int, Query(ge=1, le=10_000)] = 20,
@@ -198,6 +219,13 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
         return {"ok": report.ok, "records": report.records, "chains": report.chains,
                 "seals_checked": report.seals_checked, "problems": report.problems}
 
+    @router.post("/audit/checkpoint", tags=["audit"])
+    def audit_checkpoint(caller: Who) -> dict[str, Any]:
+        """Verify, then the newest sealed record of each chain: keep it away from the
+        database, to detect truncation later."""
+        point: dict[str, Any] = json.loads(vault().audit.checkpoint(caller).to_json())
+        return point
+
     # -- rotation and keys ---------------------------------------------------------------
     @router.get("/rotation", tags=["rotation"])
     def rotation_status(caller: Who) -> builtins.list[dict[str, Any]]:
@@ -210,5 +238,13 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     @router.get("/keys", tags=["keys"])
     def keys(caller: Who) -> builtins.list[dict[str, Any]]:
         return _plain(vault().key_list(caller))  # type: ignore[no-any-return]
+
+    @router.post("/keys/rotate", tags=["keys"])
+    def rotate_key(body: KeyRotateIn, caller: Who) -> dict[str, Any]:
+        """A new key-encryption key, every data key re-wrapped under it (no payload is
+        decrypted), then retired keys nothing uses disabled (unless ``keep_retired``)."""
+        report = vault().keys.rotate(caller, new_version=not body.resume,
+                                     disable=not body.keep_retired)
+        return _plain(report)  # type: ignore[no-any-return]
 
     return router

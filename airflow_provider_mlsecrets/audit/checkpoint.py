@@ -42,7 +42,15 @@ class Checkpoint:
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        return cls.from_json(text, str(path))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "the checkpoint") -> Checkpoint:
+        try:
+            data = json.loads(text)
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is not {FORMAT}")
             chains = tuple(
@@ -52,7 +60,5 @@ class Checkpoint:
             )
             return cls(vault_id=str(data["vault_id"]), created_at=str(data["created_at"]),
                        chains=chains)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read checkpoint {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InvalidInput(f"{path} is not an audit checkpoint: {exc}") from None
+            raise InvalidInput(f"{source} is not an audit checkpoint: {exc}") from None

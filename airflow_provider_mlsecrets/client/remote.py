@@ -185,6 +185,16 @@ class RemoteAccess(_Unsupported):
             "deny": deny}))
 
 
+    def revoke_grant(self, caller: Caller, name: str, pattern: str) -> int:
+        return int(self._http.call(caller, "POST", "grants/revoke",
+                                   body={"principal": name, "pattern": pattern})["removed"])
+
+    def policy(self, caller: Caller, name: str | None = None) -> builtins.list[GrantInfo]:
+        params = {} if name is None else {"principal": name}
+        return [_build(GrantInfo, r) for r in self._http.call(caller, "GET", "policy",
+                                                               params=params)]
+
+
 class RemoteAudit(_Unsupported):
     def __init__(self, http: _Http) -> None:
         self._http = http
@@ -216,6 +226,12 @@ class RemoteAudit(_Unsupported):
         if progress is not None:
             progress(report.records)
         return report
+
+
+    def checkpoint(self, caller: Caller) -> Checkpoint:
+        return Checkpoint.from_json(json.dumps(self._http.call(caller, "POST",
+                                                               "audit/checkpoint")),
+                                    "the service's answer")
 
 
 class RemoteRotation(_Unsupported):
