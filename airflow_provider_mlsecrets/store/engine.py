@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from airflow_provider_mlsecrets.errors import ConfigurationError
 
@@ -69,7 +69,11 @@ def _create(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _create_private_file(parsed.database)
-        engine = create_engine(parsed, poolclass=NullPool)
+        # a small pool: opening a connection costs its PRAGMAs, and closing the last one
+        # checkpoints the WAL, each time; pooled connections are per process (see
+        # engine_for), and SQLite serialises writers with BEGIN IMMEDIATE anyway
+        engine = create_engine(parsed, poolclass=QueuePool, pool_size=4, max_overflow=8,
+                               connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
