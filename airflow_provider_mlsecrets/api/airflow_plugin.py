@@ -22,7 +22,7 @@ from uuid import UUID
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_mlsecrets.api.app import create_app
-from airflow_provider_mlsecrets.api.hardening import Receive, Scope, Send
+from airflow_provider_mlsecrets.api.hardening import Receive, Scope, Send, bearer_credential
 from airflow_provider_mlsecrets.errors import AccessDenied
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ class TaskIdentityMiddleware:
         # request that is not one only makes its lookups fail closed
         if scope["type"] == "http" and "/execution/" in scope.get("path", ""):
             identity: UUID | str = UNVERIFIED
-            credential = next((v.decode("latin-1").partition(" ")[2].strip()
-                               for k, v in scope.get("headers", []) if k == b"authorization"),
-                              "")
+            credential = bearer_credential(scope)
             if credential:
                 try:
                     claims = await _task_token_validator().avalidated_claims(credential)

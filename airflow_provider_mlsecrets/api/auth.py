@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
+from airflow_provider_mlsecrets.api.hardening import bearer_credential
 from airflow_provider_mlsecrets.audit.record import ContextValue
 from airflow_provider_mlsecrets.service import Caller
 
@@ -43,8 +44,7 @@ def request_context(request: Request) -> dict[str, ContextValue]:
 
 
 def bearer(request: Request) -> str | None:
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    return credential.strip() or None if scheme.lower() == "bearer" else None
+    return bearer_credential(request.scope)
 
 
 def authenticator(*verifiers: Verifier) -> Callable[[Request], Awaitable[Caller]]:

@@ -55,12 +55,22 @@ def _address(scope: Scope) -> bytes:
     return str(client[0]).encode()
 
 
-def _credential(scope: Scope) -> bytes | None:
-    """The bearer credential, normalised (``Bearer   x `` and ``bearer x`` are one key)."""
+def bearer_credential(scope: Scope) -> str | None:
+    """The credential of an ``Authorization: Bearer …`` header, however it is spaced or
+    cased; ``None`` without one. The one parser for every layer that reads it."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            return hashlib.sha256(b" ".join(value.split()[1:2])).digest()
+            parts: list[str] = bytes(value).decode("latin-1").split()
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                return parts[1]
+            return None
     return None
+
+
+def _credential(scope: Scope) -> bytes | None:
+    """The rate-limit key of the request's credential (a hash; never the credential)."""
+    credential = bearer_credential(scope)
+    return None if credential is None else hashlib.sha256(credential.encode()).digest()
 
 
 def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None

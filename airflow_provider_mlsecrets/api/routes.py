@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.plain import plain
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.audit import AuditFilter
 
@@ -88,19 +88,6 @@ def decode_value(text: str) -> bytes:
         raise InvalidInput("value_b64 is not valid base64") from None
 
 
-def _plain(value: Any) -> Any:
-    """Dataclasses (and lists of them) as JSON-ready dicts."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 async def current_caller(request: Request) -> Caller:
     """The caller, as the app's authenticator (``app.state.authenticate``) sees it."""
     authenticate: Authenticate = request.app.state.authenticate
@@ -116,7 +103,7 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     # -- the vault ---------------------------------------------------------------------
     @router.get("/status", tags=["vault"])
     def status(caller: Who) -> dict[str, Any]:
-        return _plain(vault().status(caller))  # type: ignore[no-any-return]
+        return plain(vault().status(caller))  # type: ignore[no-any-return]
 
     # -- secrets -----------------------------------------------------------------------
     @router.post("/read/{path:path}", tags=["secrets"])
@@ -142,7 +129,7 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     def write(path: str, body: ValueIn, caller: Who) -> dict[str, Any]:
         info = vault().secrets.put(caller, path, decode_value(body.value_b64), cas=body.cas,
                                    description=body.description, owner=body.owner)
-        return _plain(info)  # type: ignore[no-any-return]
+        return plain(info)  # type: ignore[no-any-return]
 
     @router.delete("/secrets/{path:path}", tags=["secrets"])
     def delete(path: str, caller: Who) -> dict[str, str]:
@@ -162,16 +149,16 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     @router.get("/list", tags=["secrets"])
     def list_(caller: Who, prefix: Annotated[str, Query(max_length=MAX_NAME)] = "",
               deleted: bool = False) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().secrets.list(caller, prefix, include_deleted=deleted))  # type: ignore[no-any-return]
+        return plain(vault().secrets.list(caller, prefix, include_deleted=deleted))  # type: ignore[no-any-return]
 
     @router.get("/versions/{path:path}", tags=["secrets"])
     def versions(path: str, caller: Who) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().secrets.versions(caller, path))  # type: ignore[no-any-return]
+        return plain(vault().secrets.versions(caller, path))  # type: ignore[no-any-return]
 
     # -- principals and grants -----------------------------------------------------------
     @router.get("/principals", tags=["access"])
     def principals(caller: Who) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().access.list_principals(caller))  # type: ignore[no-any-return]
+        return plain(vault().access.list_principals(caller))  # type: ignore[no-any-return]
 
     @router.post("/principals", tags=["access"])
     def create_principal(body: PrincipalIn, caller: Who) -> dict[str, str]:
@@ -185,7 +172,7 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
 
     @router.post("/grants", tags=["access"])
     def grant(body: GrantIn, caller: Who) -> dict[str, Any]:
-        return _plain(vault().access.grant(  # type: ignore[no-any-return]
+        return plain(vault().access.grant(  # type: ignore[no-any-return]
             caller, body.principal, body.pattern, body.capabilities, deny=body.deny))
 
     @router.post("/grants/revoke", tags=["access"])
@@ -196,7 +183,7 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     @router.get("/policy", tags=["access"])
     def policy(caller: Who, principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None
                ) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().access.policy(caller, principal))  # type: ignore[no-any-return]
+        return plain(vault().access.policy(caller, principal))  # type: ignore[no-any-return]
 
     # -- audit -------------------------------------------------------------------------
     @router.get("/audit", tags=["audit"])
@@ -206,7 +193,7 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
                    outcome: Outcome | None = None) -> builtins.list[dict[str, Any]]:
         filters = AuditFilter(principal=principal, action=action,
                               outcome=outcome.value if outcome else None)
-        return _plain(vault().audit.tail(caller, n, filters))  # type: ignore[no-any-return]
+        return plain(vault().audit.tail(caller, n, filters))  # type: ignore[no-any-return]
 
     @router.get("/audit/count", tags=["audit"])
     def audit_count(caller: Who) -> dict[str, int]:
@@ -229,15 +216,15 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     # -- rotation and keys ---------------------------------------------------------------
     @router.get("/rotation", tags=["rotation"])
     def rotation_status(caller: Who) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().rotation.status(caller))  # type: ignore[no-any-return]
+        return plain(vault().rotation.status(caller))  # type: ignore[no-any-return]
 
     @router.post("/rotate/{path:path}", tags=["rotation"])
     def rotate(path: str, caller: Who) -> dict[str, Any]:
-        return _plain(vault().rotation.rotate(caller, path))  # type: ignore[no-any-return]
+        return plain(vault().rotation.rotate(caller, path))  # type: ignore[no-any-return]
 
     @router.get("/keys", tags=["keys"])
     def keys(caller: Who) -> builtins.list[dict[str, Any]]:
-        return _plain(vault().key_list(caller))  # type: ignore[no-any-return]
+        return plain(vault().key_list(caller))  # type: ignore[no-any-return]
 
     @router.post("/keys/rotate", tags=["keys"])
     def rotate_key(body: KeyRotateIn, caller: Who) -> dict[str, Any]:
@@ -245,6 +232,6 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
         decrypted), then retired keys nothing uses disabled (unless ``keep_retired``)."""
         report = vault().keys.rotate(caller, new_version=not body.resume,
                                      disable=not body.keep_retired)
-        return _plain(report)  # type: ignore[no-any-return]
+        return plain(report)  # type: ignore[no-any-return]
 
     return router

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_mlsecrets._files import write_private
 from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
 from airflow_provider_mlsecrets.audit.record import Outcome
-from airflow_provider_mlsecrets.cli._output import plain, write_lines
+from airflow_provider_mlsecrets.cli._output import write_lines
 from airflow_provider_mlsecrets.durations import parse_moment
+from airflow_provider_mlsecrets.plain import plain
 from airflow_provider_mlsecrets.service.audit import AuditFilter
 
 if TYPE_CHECKING:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -15,22 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from airflow_provider_mlsecrets.plain import plain
+
 PIPE_WIDTH = 200  # tables piped to a file or a pager are not cut to 80 columns
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready data (dataclasses, datetimes and enums included)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
 
 
 def _cell(value: Any) -> str:

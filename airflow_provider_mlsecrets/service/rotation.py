@@ -198,9 +198,9 @@ class RotationService:
         invalidation, among those the caller may rotate."""
         now = now or utcnow()
         with self._core.operation(caller, "rotation.due", None) as op:
-            out = [s.path for s, r in self._policies(op, Capability.ROTATE,
-                                                     include_altered=True)
-                   if s.deleted_at is None and (_needs_work(r, now) or not self._intact(s, op))]
+            altered: set[str] = set()
+            out = [s.path for s, r in self._policies(op, Capability.ROTATE, altered=altered)
+                   if s.deleted_at is None and (s.path in altered or _needs_work(r, now))]
             op.reason += f"; {len(out)} due"
             return out
 
@@ -506,22 +506,15 @@ class RotationService:
             state.lease_until = utcnow() + timedelta(seconds=self._core.settings.rotation_lease)
             yield op, secret, state
 
-    def _intact(self, secret: Secret, op: Op) -> bool:
-        try:
-            self._secrets.check(op.session, secret)
-        except IntegrityError:
-            return False
-        return True
-
     def _decrypt(self, session: Session, secret: Secret, version: int) -> bytes:
         row = self._secrets.version_row(session, secret, version)
         return self._secrets.decrypt(session, secret.path, row)
 
-    def _policies(self, op: Op, capability: Capability, *, include_altered: bool = False
+    def _policies(self, op: Op, capability: Capability, *, altered: set[str] | None = None
                   ) -> builtins.list[tuple[Secret, Rotation]]:
-        """The secrets under a policy that the caller may act on, checked against their MAC;
-        with ``include_altered``, a secret whose record fails the check is listed too (so
-        rotating it fails on its own), instead of being left out."""
+        """The secrets under a policy that the caller may act on, checked against their MAC.
+        Given ``altered``, a secret whose record fails the check is listed too and its path
+        added there (so rotating it fails on its own), instead of being left out."""
         rows = op.session.execute(
             select(Secret, Rotation).join(Rotation, Rotation.secret_id == Secret.id)
             .where(Secret.rotation.is_not(None)).order_by(Secret.path)).tuples().all()
@@ -532,7 +525,8 @@ class RotationService:
                     self._secrets.check(op.session, secret)
                 except IntegrityError:  # its own rotation fails, loudly; the others go on
                     op.reason += f"; {secret.path} altered outside the vault"
-                    if capability is Capability.ROTATE and include_altered:
+                    if altered is not None:
+                        altered.add(secret.path)
                         out.append((secret, state))
                     continue
                 out.append((secret, state))
