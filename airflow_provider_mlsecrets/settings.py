@@ -24,6 +24,8 @@ DEFAULT_KEY_PREFIX = "mlsecrets"
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_VERSIONS = 10
 DEFAULT_ROTATION_LEASE = 900
+DEFAULT_DATA_KEY_CACHE_TTL = 60
+DEFAULT_DATA_KEY_CACHE_USES = 1000
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 
 # setting name -> environment variable (and config.json key)
@@ -39,6 +41,8 @@ ENVIRONMENT = {
     "max_value_bytes": "MLSECRETS_MAX_VALUE_BYTES",
     "max_versions": "MLSECRETS_MAX_VERSIONS",
     "rotation_lease": "MLSECRETS_ROTATION_LEASE",
+    "data_key_cache_ttl": "MLSECRETS_DATA_KEY_CACHE_TTL",
+    "data_key_cache_uses": "MLSECRETS_DATA_KEY_CACHE_USES",
     "token": "MLSECRETS_TOKEN",
     "token_file": "MLSECRETS_TOKEN_FILE",
     "url": "MLSECRETS_URL",
@@ -61,6 +65,8 @@ class Settings:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     max_versions: int = DEFAULT_MAX_VERSIONS
     rotation_lease: int = DEFAULT_ROTATION_LEASE
+    data_key_cache_ttl: int = DEFAULT_DATA_KEY_CACHE_TTL
+    data_key_cache_uses: int = DEFAULT_DATA_KEY_CACHE_USES
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     url: str | None = None
@@ -86,6 +92,12 @@ class Settings:
         if not 1 <= self.rotation_lease <= 86_400:
             raise ConfigurationError("MLSECRETS_ROTATION_LEASE must be between 1 and 86400 "
                                      "seconds")
+        if not 0 <= self.data_key_cache_ttl <= 3600:
+            raise ConfigurationError("MLSECRETS_DATA_KEY_CACHE_TTL must be between 0 (off) and "
+                                     "3600 seconds")
+        if not 1 <= self.data_key_cache_uses <= 1_000_000:
+            raise ConfigurationError("MLSECRETS_DATA_KEY_CACHE_USES must be between 1 and "
+                                     "1000000")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,
@@ -113,7 +125,8 @@ class Settings:
         for name in ("pkcs11_token", "key_prefix"):
             if raw[name]:
                 kwargs[name] = raw[name]
-        for name in ("max_value_bytes", "max_versions", "rotation_lease"):
+        for name in ("max_value_bytes", "max_versions", "rotation_lease", "data_key_cache_ttl",
+                     "data_key_cache_uses"):
             value = raw[name]
             if value:
                 kwargs[name] = _integer(ENVIRONMENT[name], value)

@@ -8,8 +8,10 @@ so every record's predecessor is unambiguous however many processes write at onc
 
 from __future__ import annotations
 
+from typing import cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
@@ -27,30 +29,36 @@ def start_chain(session: Session, vault_id: str, chain: int = DEFAULT_CHAIN) -> 
         session.flush()
 
 
+_HEADS = cast(Table, AuditHead.__table__)
+_RECORDS = cast(Table, AuditRecord.__table__)
+_LOCK_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(
+    _HEADS.c.chain == bindparam("chain")).with_for_update()
+_MOVE_HEAD = update(_HEADS).where(_HEADS.c.chain == bindparam("head")).values(
+    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_ADD = insert(_RECORDS)
+
+
 def append(session: Session, keys: KeyProvider, entry: Entry, chain: int = DEFAULT_CHAIN) -> int:
     """Add ``entry`` to the chain and seal it; return its sequence number."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-    ).scalar_one_or_none()
+    connection = session.connection()
+    head = connection.execute(_LOCK_HEAD, {"chain": chain}).one_or_none()
     if head is None:
         raise AuditError(
             f"audit chain {chain} has no head: on a new vault run 'mlsecrets init'; on an "
             "existing one the trail was tampered with: restore the database from backup")
-    seq = head.seq + 1
+    seq: int = head.seq + 1
     digest = next_hash(head.hash, chain, seq, entry)
     seal = keys.mac(MacKey.AUDIT, digest)
-    session.add(AuditRecord(
-        chain=chain, seq=seq, ts=entry.ts, principal=entry.principal, roles=entry.roles,
-        action=entry.action, path=entry.path, version=entry.version,
-        outcome=entry.outcome, reason=entry.reason, request_id=entry.request_id,
-        context=entry.context, hash=digest, seal=seal,
-    ))
-    head.seq = seq
-    head.hash = digest
     try:
-        session.flush()
+        connection.execute(_ADD, {
+            "chain": chain, "seq": seq, "ts": entry.ts, "principal": entry.principal,
+            "roles": entry.roles, "action": entry.action, "path": entry.path,
+            "version": entry.version, "outcome": entry.outcome, "reason": entry.reason,
+            "request_id": entry.request_id, "context": entry.context, "hash": digest,
+            "seal": seal})
     except sa_exc.IntegrityError:
         raise AuditError(
             f"audit chain {chain} already has a record {seq} beyond its head: the trail was "
             "tampered with; run 'mlsecrets audit verify' and restore from backup") from None
+    connection.execute(_MOVE_HEAD, {"head": chain, "new_seq": seq, "new_hash": digest})
     return seq

@@ -34,7 +34,7 @@ from airflow_provider_mlsecrets.keys import KekId, KeyProvider
 FORMAT_VERSION = 1
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
-_OPAQUE = "the data could not be authenticated"
+UNAUTHENTIC = "the data could not be authenticated"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Envelope:
             return AESGCM(data_key).decrypt(
                 sealed.nonce, sealed.ciphertext, binding.payload_ad(sealed.format_version))
         except InvalidTag:
-            raise IntegrityError(_OPAQUE) from None
+            raise IntegrityError(UNAUTHENTIC) from None
 
     def rewrap(self, sealed: Sealed, binding: Binding, new_kek: KekId) -> Sealed:
         """Move the data key under ``new_kek``; the payload is not decrypted or changed."""
@@ -96,9 +96,9 @@ class Envelope:
 
     def _unwrap(self, sealed: Sealed, binding: Binding) -> bytes:
         if sealed.format_version != FORMAT_VERSION or len(sealed.nonce) != NONCE_BYTES:
-            raise IntegrityError(_OPAQUE)
+            raise IntegrityError(UNAUTHENTIC)
         data_key = self._keys.unwrap(
             sealed.kek_id, sealed.wrapped_key, binding.key_ad(sealed.kek_id, sealed.format_version))
         if len(data_key) != DATA_KEY_BYTES:
-            raise IntegrityError(_OPAQUE)
+            raise IntegrityError(UNAUTHENTIC)
         return data_key

@@ -13,14 +13,15 @@ import hmac
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Row, bindparam, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import (
@@ -114,9 +115,12 @@ class Core:
     @property
     def keys(self) -> KeyProvider:
         if self._keys is None:
+            from airflow_provider_mlsecrets.keys.cache import CachingKeyProvider
             from airflow_provider_mlsecrets.keys.pkcs11 import PKCS11KeyProvider
 
-            self._keys = PKCS11KeyProvider(self.settings)
+            self._keys = CachingKeyProvider(PKCS11KeyProvider(self.settings),
+                                            ttl=self.settings.data_key_cache_ttl,
+                                            uses=self.settings.data_key_cache_uses)
         return self._keys
 
     @property
@@ -238,8 +242,7 @@ class Core:
         principal = self._principal(session, caller)
         if isinstance(principal, Decision):
             return None, principal
-        if not principal_intact(self.keys, session, self.vault_id(session), principal,
-                                grants_loaded=True):  # selectinload read them just now
+        if not principal_intact(self.keys, self.vault_id(session), principal, principal.grants):
             return None, Decision(False, f"{TAMPERED}: principal {principal.name}")
         actor = Actor(name=principal.name, role=Role(principal.role), rules=tuple(
             Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),
@@ -252,14 +255,14 @@ class Core:
             return actor, Decision(True, "authenticated")
         return actor, actor.may(capability, path)
 
-    def _principal(self, session: Session, caller: Caller) -> models.Principal | Decision:
-        """The caller's principal row, found by its token (constant-time checked) or by a
-        verified name; a :class:`Decision` saying why not otherwise."""
-        query = select(models.Principal).options(selectinload(models.Principal.grants))
+    def _principal(self, session: Session, caller: Caller) -> _Principal | Decision:
+        """The caller's principal row with its grants (one query), found by its token
+        (constant-time checked) or by a verified name; a :class:`Decision` saying why not
+        otherwise."""
+        connection = session.connection()
         if caller.verified:
             for name in caller.verified:
-                principal = session.execute(query.where(
-                    models.Principal.name == name)).scalar_one_or_none()
+                principal = _Principal.of(connection.execute(_BY_NAME, {"key": name}).all())
                 if principal is not None:
                     return principal
             return Decision(False, f"no principal is bound to {' or '.join(caller.verified)} "
@@ -271,8 +274,7 @@ class Core:
         if not well_formed(token):
             return Decision(False, "malformed token")
         digest = token_hash(self.keys, token)
-        principal = session.execute(query.where(
-            models.Principal.token_hash == digest)).scalar_one_or_none()
+        principal = _Principal.of(connection.execute(_BY_TOKEN, {"key": digest}).all())
         if principal is None or not hmac.compare_digest(principal.token_hash, digest):
             return Decision(False, "unknown token")
         return principal
@@ -295,6 +297,44 @@ class Core:
                 f"the audit record for {base.action} could not be written ({exc}); "
                 "nothing was done"
             ) from exc
+
+
+_PRINCIPALS = models.Principal.__table__
+_GRANTS = models.Grant.__table__
+_WITH_GRANTS = select(_PRINCIPALS, _GRANTS.c.pattern, _GRANTS.c.effect, _GRANTS.c.capabilities
+                      ).outerjoin(_GRANTS, _GRANTS.c.principal_id == _PRINCIPALS.c.id)
+_BY_TOKEN = _WITH_GRANTS.where(_PRINCIPALS.c.token_hash == bindparam("key"))
+_BY_NAME = _WITH_GRANTS.where(_PRINCIPALS.c.name == bindparam("key"))
+
+
+@dataclass(frozen=True)
+class _Grant:
+    pattern: str
+    effect: str
+    capabilities: str
+
+
+@dataclass(frozen=True)
+class _Principal:
+    """A principal row and its grants, read in one statement on every operation."""
+
+    name: str
+    role: str
+    token_hash: bytes
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    mac: bytes | None
+    grants: tuple[_Grant, ...]
+
+    @classmethod
+    def of(cls, rows: Sequence[Row[Any]]) -> _Principal | None:
+        if not rows:
+            return None
+        p = rows[0]
+        return cls(name=p.name, role=p.role, token_hash=p.token_hash, expires_at=p.expires_at,
+                   revoked_at=p.revoked_at, mac=p.mac, grants=tuple(
+                       _Grant(r.pattern, r.effect, r.capabilities)
+                       for r in rows if r.pattern is not None))
 
 
 @dataclass(frozen=True)

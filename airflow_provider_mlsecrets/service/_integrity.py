@@ -17,7 +17,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,23 +36,63 @@ def _ts(moment: datetime | None) -> str:
     return "" if moment is None else format_ts(moment)
 
 
-def _principal_bytes(session: Session, vault_id: str, p: Principal,
-                     loaded: bool = False) -> bytes:
-    """``loaded``: the principal's ``grants`` were just read from the database in this
-    transaction (as authentication does), so they need not be queried again."""
-    if loaded:
-        grants: Sequence[Any] = p.grants
-    else:
-        session.flush()
-        grants = session.execute(select(Grant.pattern, Grant.effect, Grant.capabilities)
-                                 .where(Grant.principal_id == p.id)).all()
+class PrincipalFields(Protocol):
+    """What a principal's MAC covers: an ORM row or a plain row from a Core query."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def token_hash(self) -> bytes: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def mac(self) -> bytes | None: ...
+
+
+class GrantFields(Protocol):
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def effect(self) -> str: ...
+    @property
+    def capabilities(self) -> str: ...
+
+
+class SecretFields(Protocol):
+    @property
+    def path(self) -> str: ...
+    @property
+    def latest_version(self) -> int: ...
+    @property
+    def current_version(self) -> int | None: ...
+    @property
+    def deleted_at(self) -> datetime | None: ...
+    @property
+    def max_versions(self) -> int | None: ...
+    @property
+    def rotation(self) -> str | None: ...
+    @property
+    def mac(self) -> bytes | None: ...
+
+
+def _principal_bytes(vault_id: str, p: PrincipalFields, grants: Sequence[GrantFields]) -> bytes:
     digest = hashlib.sha256(canonical.encode(
         *sorted(canonical.encode(g.pattern, g.effect, g.capabilities) for g in grants))).digest()
     return canonical.encode(PRINCIPAL_TAG, vault_id, p.name, p.role, p.token_hash,
                             _ts(p.expires_at), _ts(p.revoked_at), digest)
 
 
-def _secret_bytes(vault_id: str, s: Secret) -> bytes:
+def grants_of(session: Session, p: Principal) -> Sequence[GrantFields]:
+    session.flush()
+    return session.execute(select(Grant.pattern, Grant.effect, Grant.capabilities)
+                           .where(Grant.principal_id == p.id)).all()
+
+
+def _secret_bytes(vault_id: str, s: SecretFields) -> bytes:
     current = "" if s.current_version is None else str(s.current_version)
     kept = "" if s.max_versions is None else str(s.max_versions)
     fields: tuple[str | int, ...] = (SECRET_TAG, vault_id, s.path, s.latest_version, current,
@@ -62,18 +102,18 @@ def _secret_bytes(vault_id: str, s: Secret) -> bytes:
 
 
 def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
-    p.mac = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p))
+    p.mac = keys.mac(MacKey.INTEGRITY, _principal_bytes(vault_id, p, grants_of(session, p)))
 
 
-def principal_intact(keys: KeyProvider, session: Session, vault_id: str, p: Principal, *,
-                     grants_loaded: bool = False) -> bool:
-    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(session, vault_id, p,
-                                                           grants_loaded))
+def principal_intact(keys: KeyProvider, vault_id: str, p: PrincipalFields,
+                     grants: Sequence[GrantFields]) -> bool:
+    """``grants``: the principal's grants as read from the database just now."""
+    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(vault_id, p, grants))
     return hmac.compare_digest(expected, p.mac or b"")
 
 
 def check_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
-    if not principal_intact(keys, session, vault_id, p):
+    if not principal_intact(keys, vault_id, p, grants_of(session, p)):
         raise IntegrityError(f"the record of principal {p.name} was altered outside the vault")
 
 
@@ -81,7 +121,7 @@ def seal_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:
     s.mac = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
 
 
-def check_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:
+def check_secret(keys: KeyProvider, vault_id: str, s: SecretFields) -> None:
     expected = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
     if not hmac.compare_digest(expected, s.mac or b""):
         raise IntegrityError(f"the record of {s.path} was altered outside the vault")

@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.policy.tokens import new_token, token_hash
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.service._integrity import (
     check_principal,
+    grants_of,
     principal_intact,
     seal_principal,
 )
@@ -80,7 +81,7 @@ def active_engineers(core: Core, session: Session) -> int:
     return len([p for p in session.scalars(select(Principal).where(
         Principal.role == Role.SECURITY_ENGINEER.value, Principal.revoked_at.is_(None)))
         if (p.expires_at is None or p.expires_at > now)
-        and principal_intact(core.keys, session, vault_id, p)])
+        and principal_intact(core.keys, vault_id, p, grants_of(session, p))])
 
 
 def add_principal(core: Core, session: Session, name: str, role: Role, created_by: str,

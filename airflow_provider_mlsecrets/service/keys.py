@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, true, update
 from sqlalchemy.orm import Session
 
-from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
+from airflow_provider_mlsecrets.crypto.envelope import UNAUTHENTIC, Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, KeyMissing
 from airflow_provider_mlsecrets.keys import KekId, kek_label
 from airflow_provider_mlsecrets.policy.roles import Capability
@@ -171,9 +171,12 @@ def current_kek(session: Session, *, lock: bool = False, share: bool = False) ->
     raise ConfigurationError("no current key-encryption key; run 'mlsecrets init'")
 
 
+USABLE_KEK_STATES = frozenset({KeyState.CURRENT.value, KeyState.RETIRED.value})
+
+
 def check_usable(session: Session, label: str) -> None:
     """Refuse a KEK the store does not list as current or retired (a disabled key, or a
     label written into a row or token from elsewhere)."""
     state = session.execute(select(Kek.state).where(Kek.label == label)).scalar_one_or_none()
-    if state not in (KeyState.CURRENT.value, KeyState.RETIRED.value):
-        raise IntegrityError("the data could not be authenticated")
+    if state not in USABLE_KEK_STATES:
+        raise IntegrityError(UNAUTHENTIC)

@@ -6,12 +6,13 @@ import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, Row, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.crypto import sealed as sealed_tokens
-from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope, Sealed
+from airflow_provider_mlsecrets.crypto.envelope import UNAUTHENTIC, Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import (
     AccessDenied,
     IntegrityError,
@@ -24,9 +25,14 @@ from airflow_provider_mlsecrets.keys import KekId
 from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
-from airflow_provider_mlsecrets.service._integrity import check_secret, seal_secret
-from airflow_provider_mlsecrets.service.keys import check_usable, current_kek
+from airflow_provider_mlsecrets.service._integrity import (
+    SecretFields,
+    check_secret,
+    seal_secret,
+)
+from airflow_provider_mlsecrets.service.keys import USABLE_KEK_STATES, check_usable, current_kek
 from airflow_provider_mlsecrets.store.models import (
+    Kek,
     Rotation,
     RotationStep,
     Secret,
@@ -268,51 +274,71 @@ class SecretsService:
         path = parse_path(path)
         with self._core.operation(caller, action, capability, path, version,
                                   absent=absent) as op:
-            secret = (self._servable(op.session, path) if absent is not None
-                      else self.existing(op.session, path))
-            if version is None:
-                if secret.current_version is None:
+            found = self._servable(op.session, path, version) if absent is not None \
+                else self._readable(op.session, path, version)
+            if found.v_version is None:
+                if version is None:
                     raise NotFound(f"{path} has no current version")
-                version = secret.current_version
-            row = self.version_row(op.session, secret, version)
-            if row.state == VersionState.DESTROYED.value:
-                if row.ciphertext is not None or row.wrapped_key is not None:
-                    raise IntegrityError(f"version {version} of {path} is marked destroyed "
-                                         "but still holds data: altered outside the vault")
+                raise NotFound(f"{path} has no version {version}")
+            if found.v_state == VersionState.DESTROYED.value:
+                if found.ciphertext is not None or found.wrapped_key is not None:
+                    raise IntegrityError(f"version {found.v_version} of {path} is marked "
+                                         "destroyed but still holds data: altered outside "
+                                         "the vault")
                 error = AccessDenied if absent is not None else NotFound
-                raise error(f"version {version} of {path} was destroyed")
-            op.version = version
-            value = self.decrypt(op.session, path, row)
+                raise error(f"version {found.v_version} of {path} was destroyed")
+            op.version = found.v_version
+            if found.kek_state not in USABLE_KEK_STATES:
+                raise IntegrityError(UNAUTHENTIC)
+            value = self._unseal(op.session, path, found.v_version, found)
         return value
 
     def decrypt(self, session: Session, path: str, row: SecretVersion) -> bytes:
         """The plaintext of a version row, inside an operation that was authorised for it."""
         check_usable(session, row.kek_id)
+        return self._unseal(session, path, row.version, row)
+
+    def _unseal(self, session: Session, path: str, version: int, row: _SealedFields) -> bytes:
         if row.wrapped_key is None or row.nonce is None or row.ciphertext is None:
-            raise IntegrityError(f"version {row.version} of {path} has no data but is not "
+            raise IntegrityError(f"version {version} of {path} has no data but is not "
                                  "marked destroyed: altered outside the vault")
         return self.envelope.open(
             Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
                    ciphertext=row.ciphertext, format_version=row.format_version),
-            self._binding(session, path, row.version))
+            self._binding(session, path, version))
 
-    def _servable(self, session: Session, path: str) -> Secret:
-        """For lookups that fall through to other sources on "not found": the secret at
-        ``path``, or :class:`NotFound` when the vault holds no such name in any letter case.
+    def _readable(self, session: Session, path: str, version: int | None) -> Row[Any]:
+        """The secret at ``path`` joined with the asked (or current) version and the state
+        of its KEK, in one statement, its row checked against its MAC."""
+        found = session.connection().execute(_OPEN_EXACT, {
+            "path": path, "version": version}).one_or_none()
+        if found is None:
+            raise NotFound(f"no secret at {path}")
+        self.check(session, found)
+        if found.deleted_at is not None:
+            raise NotFound(f"{path} is deleted ('mlsecrets secret undelete {path}' restores it)")
+        return found
+
+    def _servable(self, session: Session, path: str, version: int | None) -> Row[Any]:
+        """As :meth:`_readable`, for lookups that fall through to other sources on "not
+        found": :class:`NotFound` only when the vault holds no such name in any letter case.
         A name the vault holds but cannot serve is a refusal, never a miss, so no other
         source can serve it instead (Airflow's environment backend upper-cases ids; a
         deleted, destroyed or version-less secret is still ours)."""
-        held = _holds_name(session, path)
-        if held is None:
+        rows = session.connection().execute(_OPEN_ANY_CASE, {
+            "lower": path.lower(), "version": version}).all()
+        if not rows:
             raise NotFound(f"no secret at {path}")
-        if held != path:
-            raise AccessDenied(f"the vault holds {held}, which differs from {path} only in "
-                               "case; refusing so that no other source serves this name")
-        secret = self.existing(session, path, include_deleted=True)
-        if secret.deleted_at is not None or secret.current_version is None:
+        found = next((r for r in rows if r.path == path), None)
+        if found is None:
+            raise AccessDenied(f"the vault holds {rows[0].path}, which differs from {path} "
+                               "only in case; refusing so that no other source serves this "
+                               "name")
+        self.check(session, found)
+        if found.deleted_at is not None or found.current_version is None:
             raise AccessDenied(f"{path} is in the vault but cannot be served (deleted or no "
                                "current version); refusing so that no other source serves it")
-        return secret
+        return found
 
     def _set_deleted(self, caller: Caller, path: str, *, deleted: bool) -> None:
         path = parse_path(path)
@@ -348,7 +374,7 @@ class SecretsService:
             self.check(session, secret)
         return secret
 
-    def check(self, session: Session, secret: Secret) -> None:
+    def check(self, session: Session, secret: SecretFields) -> None:
         check_secret(self._core.keys, self._core.vault_id(session), secret)
 
     def seal_row(self, session: Session, secret: Secret) -> None:
@@ -466,6 +492,34 @@ def _refuse_during_rotation(session: Session, secret: Secret) -> None:
         raise VersionConflict(
             f"{busy}; finish it with 'mlsecrets rotate {secret.path}' or abandon it with "
             f"'mlsecrets rotation cancel {secret.path}', then write")
+
+
+class _SealedFields(Protocol):
+    @property
+    def kek_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes | None: ...
+    @property
+    def nonce(self) -> bytes | None: ...
+    @property
+    def ciphertext(self) -> bytes | None: ...
+    @property
+    def format_version(self) -> int: ...
+
+
+_SECRETS, _VERSIONS, _KEKS = Secret.__table__, SecretVersion.__table__, Kek.__table__
+# a secret with the version asked for (or its current one) and that version's KEK state
+_OPEN = select(
+    _SECRETS, _VERSIONS.c.version.label("v_version"), _VERSIONS.c.state.label("v_state"),
+    _VERSIONS.c.format_version, _VERSIONS.c.kek_id, _VERSIONS.c.wrapped_key, _VERSIONS.c.nonce,
+    _VERSIONS.c.ciphertext, _KEKS.c.state.label("kek_state"),
+).outerjoin(_VERSIONS, and_(
+    _VERSIONS.c.secret_id == _SECRETS.c.id,
+    _VERSIONS.c.version == func.coalesce(bindparam("version", type_=Integer),
+                                         _SECRETS.c.current_version)),
+).outerjoin(_KEKS, _KEKS.c.label == _VERSIONS.c.kek_id)
+_OPEN_EXACT = _OPEN.where(_SECRETS.c.path == bindparam("path"))
+_OPEN_ANY_CASE = _OPEN.where(func.lower(_SECRETS.c.path) == bindparam("lower"))
 
 
 def _holds_name(session: Session, path: str) -> str | None:
