@@ -70,6 +70,16 @@ class MLSecretsBackend(BaseSecretsBackend):
         self._pid: int | None = None
 
     # -- BaseSecretsBackend ----------------------------------------------------------
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        """As the base class, but the connection is built once and that one is masked
+        (building an Airflow ``Connection`` is most of a lookup's cost outside the vault)."""
+        value = self._lookup("connection", conn_id)
+        if not value:
+            return None
+        conn = self.deserialize_connection(conn_id=conn_id, value=value)
+        _mask_parts(conn)
+        return conn
+
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         value = self._lookup("connection", conn_id)
         if value is not None:
@@ -190,9 +200,13 @@ class MLSecretsBackend(BaseSecretsBackend):
             conn = self.deserialize_connection(conn_id, value)
         except Exception:  # malformed: the raw text is masked already; Airflow will complain
             return
-        for part in (conn.password, conn.get_uri()):
-            if part:
-                mask(part)
+        _mask_parts(conn)
+
+
+def _mask_parts(conn: Any) -> None:
+    for part in (conn.password, conn.get_uri()):
+        if part:
+            mask(part)
 
 
 class _Kind:
