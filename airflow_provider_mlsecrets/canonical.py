@@ -29,13 +29,19 @@ def field_bytes(value: Field) -> bytes:
     raise TypeError(f"no canonical encoding for {type(value).__name__}")
 
 
+def length_prefix(size: int) -> bytes:
+    """``u32be(size)``, the prefix of a field of ``size`` bytes."""
+    return struct.pack(">I", size)
+
+
+def prefixed(value: Field) -> bytes:
+    """One field as :func:`encode` writes it: its length prefix, then its bytes."""
+    data = field_bytes(value)
+    return struct.pack(">I", len(data)) + data
+
+
 def encode(*fields: Field) -> bytes:
-    out = bytearray()
-    for value in fields:
-        data = field_bytes(value)
-        out += struct.pack(">I", len(data))
-        out += data
-    return bytes(out)
+    return b"".join([prefixed(value) for value in fields])
 
 
 def decode(data: bytes) -> list[bytes]:

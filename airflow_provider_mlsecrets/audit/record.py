@@ -65,6 +65,12 @@ def record_bytes(chain: int, seq: int, entry: Entry) -> bytes:
     )
 
 
+def record_prefix(chain: int) -> bytes:
+    """The bytes every record of ``chain`` starts with: ``canonical(r)`` up to and including
+    the length prefix of ``seq`` (the verifier encodes the rest of each record inline)."""
+    return canonical.encode(RECORD_TAG, chain) + canonical.length_prefix(8)
+
+
 def genesis(vault_id: str, chain: int) -> bytes:
     return hashlib.sha256(canonical.encode(GENESIS_TAG, vault_id, chain)).digest()
 

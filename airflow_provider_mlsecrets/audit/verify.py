@@ -9,15 +9,17 @@ the tail was not truncated.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select
+from sqlalchemy import Connection, Row, func, null, select
 
+from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
-from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
+from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash, record_prefix
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
 from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
 
@@ -84,8 +86,7 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
 def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: Report) -> None:
     """Every record must lie on a chain with a head and at or below it: a record planted
     beyond the head, or on a chain with no head, would otherwise never be walked."""
-    for chain, top in connection.execute(
-            select(AuditRecord.chain, func.max(AuditRecord.seq)).group_by(AuditRecord.chain)):
+    for chain, top in _extents(connection):
         head = heads.get(chain)
         if head is None:
             report.fail(chain, 1, f"chain {chain} has records but no head: records were "
@@ -96,51 +97,118 @@ def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: R
                         "head was moved back")
 
 
-def _rows(connection: Connection, chain: int, upto: int) -> Iterable[Row[Any]]:
+def _extents(connection: Connection) -> Iterator[tuple[int, int]]:
+    """``(chain, max(seq))`` of every chain that has records, two index seeks per chain
+    (a ``GROUP BY`` would read the whole primary key index)."""
+    chain = connection.execute(select(func.min(AuditRecord.chain))).scalar_one_or_none()
+    while chain is not None:
+        top = connection.execute(select(func.max(AuditRecord.seq)).where(
+            AuditRecord.chain == chain)).scalar_one()
+        yield chain, top
+        chain = connection.execute(select(func.min(AuditRecord.chain)).where(
+            AuditRecord.chain > chain)).scalar_one_or_none()
+
+
+def _rows(connection: Connection, chain: int, upto: int, *, seals: bool = True) -> Iterable[Any]:
     """The chain's records up to its head as read: records committed after the head was
-    read belong to the next verification, not to a false alarm in this one."""
+    read belong to the next verification, not to a false alarm in this one. Without
+    ``seals`` the seal column reads as NULL (one blob less to fetch per record)."""
+    columns = _COLUMNS if seals else (*_COLUMNS[:-1], null())
     # Per-statement options: Connection.execution_options() would change the connection
     # itself, and every later statement on it would become a server-side cursor.
     return connection.execute(
-        select(*_COLUMNS).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
+        select(*columns).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
         .order_by(AuditRecord.seq).execution_options(yield_per=5000))
+
+
+class _Prefixed(dict[object, bytes]):
+    """Text fields as :func:`canonical.encode` writes them (length prefix, UTF-8), memoised:
+    principals, roles, actions, paths, outcomes, reasons and contexts repeat throughout a
+    trail. Only ``str`` keys are kept, so no other value (``1``, ``1.0``, ``True``, bytes)
+    can ever be answered from a string's entry; anything else is encoded afresh (and raises
+    exactly what the canonical encoder raises)."""
+
+    def __missing__(self, value: object) -> bytes:
+        out = canonical.prefixed(value)  # type: ignore[arg-type]
+        if type(value) is str:
+            self[value] = out
+        return out
+
+
+_CACHE_LIMIT = 50_000  # distinct field values kept (checked every PROGRESS_STEP records)
+_SIZES = tuple(canonical.length_prefix(n) for n in range(1024))  # for ts and request_id
 
 
 def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
                   head: Row[Any], report: Report, all_seals: bool,
                   progress: Progress | None, checkpoint_seq: int | None,
                   walked: dict[int, bytes]) -> None:
+    # The hot loop: one SHA-256 per record over canonical(r) built inline, byte for byte
+    # what record.next_hash builds (tests/test_audit_encoding.py holds them to each other
+    # and to the known answer of docs/formats.md).
+    # A value of an unexpected type or size takes the reference encoder instead.
     previous = genesis(vault_id, chain)
     expected = 1
-    last = None
-    for r in _rows(connection, chain, head.seq):
-        seq = r.seq
+    prefix, fields, sizes = record_prefix(chain), _Prefixed(), _SIZES
+    sha256, join, same = hashlib.sha256, b"".join, hmac.compare_digest
+    countdown = PROGRESS_STEP - report.records % PROGRESS_STEP
+    for (seq, ts, principal, roles, action, path, version, outcome, reason, request_id,
+         context, stored, seal) in _rows(connection, chain, head.seq, seals=all_seals):
         if seq != expected:
             report.fail(chain, expected, f"chain {chain}: record {expected} is missing "
                         f"(the next record is {seq}): records were deleted or inserted")
-            return
-        entry = Entry(ts=r.ts, principal=r.principal, roles=r.roles, action=r.action,
-                      path=r.path, version=r.version, outcome=r.outcome, reason=r.reason,
-                      request_id=r.request_id, context=r.context)
-        digest = next_hash(previous, chain, seq, entry)
-        if not hmac.compare_digest(digest, r.hash):
+            break
+        try:
+            t, q = ts.encode(), request_id.encode()
+            digest = sha256(join((
+                previous, prefix, seq.to_bytes(8, "big"), sizes[len(t)], t, fields[principal],
+                fields[roles], fields[action], fields[path],
+                fields["" if version is None else str(version)], fields[outcome],
+                fields[reason], sizes[len(q)], q, fields[context]))).digest()
+        except Exception:  # not text, or a field of 1 KiB or more: the reference encoder
+            digest = next_hash(previous, chain, seq, Entry(
+                ts=ts, principal=principal, roles=roles, action=action, path=path,
+                version=version, outcome=outcome, reason=reason, request_id=request_id,
+                context=context))
+        if not same(digest, stored):
             report.fail(chain, seq, f"chain {chain}: record {seq} does not match the chain: "
                         "it, or the one before it, was changed, inserted or reordered")
-            return
-        if all_seals and not _seal_ok(keys, digest, r.seal):
+            break
+        if all_seals and not _seal_ok(keys, digest, seal):
             report.fail(chain, seq, f"chain {chain}: record {seq} has a bad seal: "
                         "the trail was rewritten from here on")
-            return
-        report.seals_checked += all_seals
-        report.records += 1
+            break
         if seq == checkpoint_seq:
             walked[chain] = digest  # the hash as recomputed, not as stored
-        previous, expected, last = digest, expected + 1, r
-        if progress is not None and report.records % PROGRESS_STEP == 0:
-            progress(PROGRESS_STEP)
-    if last is not None and not all_seals:
+        previous = digest
+        expected += 1
+        countdown -= 1
+        if not countdown:
+            countdown = PROGRESS_STEP
+            if len(fields) > _CACHE_LIMIT:
+                fields.clear()
+            if progress is not None:
+                progress(PROGRESS_STEP)
+    else:  # the whole chain was walked
+        _count(report, expected - 1, all_seals)
+        _finish_chain(connection, keys, chain, head, report, all_seals, expected, previous)
+        return
+    _count(report, expected - 1, all_seals)
+
+
+def _count(report: Report, records: int, all_seals: bool) -> None:
+    """``records`` were walked (and, with ``all_seals``, their seals checked)."""
+    report.records += records
+    report.seals_checked += records if all_seals else 0
+
+
+def _finish_chain(connection: Connection, keys: KeyProvider, chain: int, head: Row[Any],
+                  report: Report, all_seals: bool, expected: int, previous: bytes) -> None:
+    if expected > 1 and not all_seals:
         report.seals_checked += 1
-        if not _seal_ok(keys, previous, last.seal):
+        last_seal = connection.execute(select(AuditRecord.seal).where(
+            AuditRecord.chain == chain, AuditRecord.seq == expected - 1)).scalar_one_or_none()
+        if not _seal_ok(keys, previous, last_seal):
             # Someone recomputed the hashes: find the first record whose seal fails.
             for row in _rows(connection, chain, head.seq):
                 if not _seal_ok(keys, row.hash, row.seal):
