@@ -30,6 +30,7 @@ from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
 from airflow_provider_mlsecrets.crypto.envelope import Binding, Envelope
 from airflow_provider_mlsecrets.keys import KekId, MacKey
+from airflow_provider_mlsecrets.keys.cache import uncached
 from airflow_provider_mlsecrets.keys.softhsm import provision
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.settings import Settings
@@ -49,7 +50,7 @@ def main() -> None:
                         pkcs11_pin_file=dev.pin_file, softhsm2_conf=dev.conf)
     vault = Vault(settings)
     admin = Caller(vault.initialise().admin_token)
-    keys = vault.core.keys
+    keys = uncached(vault.core.keys)  # the HSM itself, not the vault's key cache
     kek = KekId("mlsecrets-kek-1")
     data_key, ad = os.urandom(32), b"associated-data"
     wrapped = keys.wrap(kek, data_key, ad)

@@ -8,6 +8,7 @@ import threading
 import pytest
 from sqlalchemy import select, text
 
+from airflow_provider_mlsecrets.crypto.envelope import Envelope
 from airflow_provider_mlsecrets.errors import IntegrityError
 from airflow_provider_mlsecrets.service import keys as key_service
 from airflow_provider_mlsecrets.store.engine import engine_for
@@ -68,7 +69,7 @@ def test_an_interrupted_rotation_resumes_and_reads_never_fail(env: Env,
     monkeypatch.setattr(key_service, "BATCH", 7)
     env.vault.keys.start(env.admin)
     calls = {"n": 0}
-    real = env.vault.secrets.envelope.rewrap
+    real = Envelope.rewrap
 
     def crash_on_the_tenth(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
@@ -76,14 +77,14 @@ def test_an_interrupted_rotation_resumes_and_reads_never_fail(env: Env,
             raise RuntimeError("simulated crash in the middle of a batch")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(env.vault.secrets.envelope, "rewrap", crash_on_the_tenth)
+    monkeypatch.setattr(Envelope, "rewrap", crash_on_the_tenth)
     with pytest.raises(RuntimeError):
         env.vault.keys.finish(env.admin)
     # the first batch committed, the second rolled back whole: nothing half-written
     assert env.vault.keys.pending(env.admin) == len(payloads(env)) - 7
     for path, value in values.items():  # retired and current keys both still serve reads
         assert env.vault.secrets.read(env.admin, path) == value
-    monkeypatch.setattr(env.vault.secrets.envelope, "rewrap", real)
+    monkeypatch.setattr(Envelope, "rewrap", real)
     errors: list[str] = []
     stop = threading.Event()
 

@@ -126,3 +126,8 @@ class CachingKeyProvider(KeyProvider):
         table.move_to_end(slot)
         while len(table) > self._max:
             table.popitem(last=False)
+
+
+def uncached(keys: KeyProvider) -> KeyProvider:
+    """The provider under any cache: for work whose answers must not be remembered."""
+    return keys.inner if isinstance(keys, CachingKeyProvider) else keys

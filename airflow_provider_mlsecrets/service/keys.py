@@ -16,18 +16,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import func, select, true, update
+from sqlalchemy import Table, bindparam, func, select, true, update
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.crypto.envelope import UNAUTHENTIC, Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, KeyMissing
 from airflow_provider_mlsecrets.keys import KekId, kek_label
+from airflow_provider_mlsecrets.keys.cache import uncached
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.store.models import Kek, KeyState, Secret, SecretVersion
 
-BATCH = 200
+BATCH = 500
+_VERSIONS, _SECRETS, _KEKS = SecretVersion.__table__, Secret.__table__, Kek.__table__
+# what a re-wrap needs of a version under a retired KEK: never its ciphertext
+_RETIRED_KEYS = select(
+    _VERSIONS.c.id, _VERSIONS.c.version, _VERSIONS.c.kek_id, _VERSIONS.c.wrapped_key,
+    _VERSIONS.c.nonce, _VERSIONS.c.format_version, _SECRETS.c.path,
+    _VERSIONS.c.ciphertext.is_not(None).label("has_payload"),
+).join(_SECRETS, _SECRETS.c.id == _VERSIONS.c.secret_id).join(
+    _KEKS, _KEKS.c.label == _VERSIONS.c.kek_id,
+).where(_VERSIONS.c.wrapped_key.is_not(None), _KEKS.c.state == KeyState.RETIRED.value
+        ).order_by(_VERSIONS.c.id)
+# compare-and-set: a row that changed since it was read is left alone
+_MOVE_KEY = update(cast(Table, _VERSIONS)).where(
+    _VERSIONS.c.id == bindparam("row"), _VERSIONS.c.kek_id == bindparam("old_kek"),
+    _VERSIONS.c.wrapped_key == bindparam("old_key"),
+).values(kek_id=bindparam("new_kek"), wrapped_key=bindparam("new_key"))
 Progress = Callable[[int], None]
 
 
@@ -41,9 +58,8 @@ class RotationReport:
 
 
 class KeyService:
-    def __init__(self, core: Core, envelope: Callable[[], Envelope]) -> None:
+    def __init__(self, core: Core) -> None:
         self._core = core
-        self._envelope = envelope
 
     def pending(self, caller: Caller) -> int:
         """How many data keys a retired KEK still wraps (what a rotation has left to do)."""
@@ -103,41 +119,36 @@ class KeyService:
     def _rewrap_batch(self, caller: Caller, skip: set[int]) -> tuple[int, list[str]]:
         """One batch, one transaction. Only data keys under a *retired* KEK are touched (a
         row naming a disabled or unknown key is never unwrapped); a data key that does not
-        authenticate is left as it is, named in the audit record, and its KEK stays enabled."""
+        authenticate is left as it is, named in the audit record, and its KEK stays enabled.
+        Payloads are neither read nor changed, and the rows are updated in one statement."""
         with self._core.operation(caller, "key.rewrap", Capability.ROTATE) as op:
             current = KekId(current_kek(op.session).label)
             vault_id = self._core.vault_id(op.session)
-            rows = op.session.execute(
-                select(SecretVersion, Secret.path).join(Secret)
-                .join(Kek, Kek.label == SecretVersion.kek_id)
-                .where(SecretVersion.wrapped_key.is_not(None),
-                       Kek.state == KeyState.RETIRED.value,
-                       SecretVersion.id.not_in(skip) if skip else true())
-                .order_by(SecretVersion.id).limit(BATCH)).all()
-            envelope, done, bad = self._envelope(), 0, []
-            for row, path in rows:
+            rows = op.session.connection().execute(
+                _RETIRED_KEYS.where(_VERSIONS.c.id.not_in(skip) if skip else true())
+                .limit(BATCH)).all()
+            # straight to the HSM: data keys being moved are not kept in the key cache
+            envelope, done, bad = Envelope(uncached(self._core.keys)), [], []
+            for row in rows:
                 try:
-                    if row.nonce is None or row.ciphertext is None or row.wrapped_key is None:
+                    if row.nonce is None or not row.has_payload:
                         raise IntegrityError("incomplete version")
-                    old = Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
-                                 nonce=row.nonce, ciphertext=row.ciphertext,
-                                 format_version=row.format_version)
-                    new = envelope.rewrap(old, Binding(vault_id, path, row.version), current)
+                    new = envelope.rewrap(
+                        Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key,
+                               nonce=row.nonce, ciphertext=b"", format_version=row.format_version),
+                        Binding(vault_id, row.path, row.version), current)
                 except IntegrityError:
                     skip.add(row.id)
-                    bad.append(f"{path} v{row.version}")
+                    bad.append(f"{row.path} v{row.version}")
                     continue
-                op.session.execute(
-                    update(SecretVersion)
-                    .where(SecretVersion.id == row.id, SecretVersion.kek_id == old.kek_id,
-                           SecretVersion.wrapped_key == old.wrapped_key)
-                    .values(kek_id=new.kek_id, wrapped_key=new.wrapped_key)
-                    .execution_options(synchronize_session=False))
-                done += 1
-            op.reason += f"; {done} data keys re-wrapped under {current}"
+                done.append({"row": row.id, "old_kek": row.kek_id, "old_key": row.wrapped_key,
+                             "new_kek": new.kek_id, "new_key": new.wrapped_key})
+            if done:
+                op.session.connection().execute(_MOVE_KEY, done)
+            op.reason += f"; {len(done)} data keys re-wrapped under {current}"
             if bad:
                 op.reason += "; did not authenticate, left as they were: " + ", ".join(bad)
-            return done, bad
+            return len(done), bad
 
     def _disable_unused(self, caller: Caller) -> list[str]:
         with self._core.operation(caller, "key.disable", Capability.ROTATE) as op:

@@ -26,7 +26,7 @@ from airflow_provider_mlsecrets.service.keys import KeyService
 from airflow_provider_mlsecrets.service.rotation import RotationService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
 from airflow_provider_mlsecrets.settings import Settings
-from airflow_provider_mlsecrets.store import migrate, models
+from airflow_provider_mlsecrets.store import models
 from airflow_provider_mlsecrets.store.engine import safe_url
 
 
@@ -63,7 +63,7 @@ class Vault:
         self.secrets = SecretsService(self.core)
         self.access = AccessService(self.core)
         self.audit = AuditService(self.core)
-        self.keys = KeyService(self.core, lambda: self.secrets.envelope)
+        self.keys = KeyService(self.core)
         self.rotation = RotationService(self.core, self.secrets)
 
     @property
@@ -77,6 +77,8 @@ class Vault:
 
         ``deliver_token`` receives a new security engineer's token before the transaction
         commits: if it cannot be stored, the engineer is not created either."""
+        from airflow_provider_mlsecrets.store import migrate  # Alembic: only here and in status
+
         core, created = self.core, []
         admin_name = parse_name(admin_name)
         core.keys.check()
@@ -124,6 +126,8 @@ class Vault:
 
     def status(self, caller: Caller) -> dict[str, object]:
         """Where the vault is and what it holds (metadata only; any authenticated principal)."""
+        from airflow_provider_mlsecrets.store import migrate
+
         with self.core.operation(caller, "vault.status", None) as op:
             s = op.session
 
