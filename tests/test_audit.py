@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
 from airflow_provider_mlsecrets.errors import AccessDenied, AuditChainBroken, InvalidInput
 from airflow_provider_mlsecrets.store.engine import engine_for
+from airflow_provider_mlsecrets.store.migrate import upgrade
 from tests.conftest import Env
 
 COLUMNS = ("ts, principal, roles, action, path, version, outcome, reason, request_id, context")
@@ -253,3 +255,71 @@ def test_an_append_onto_a_planted_record_fails_closed_with_a_clear_error(env: En
         _plant(c, 1, 3)  # the next append would be record 3
     with pytest.raises(AuditError, match="beyond its head"):
         env.vault.secrets.put(env.admin, "ml/after", b"v")
+
+
+# -- several chains ------------------------------------------------------------------------
+def chain_of(env: Env, action: str) -> list[int]:
+    with engine_for(env.settings.db_url).connect() as c:
+        return list(c.execute(text("SELECT chain FROM mlsecrets_audit WHERE action = :a"),
+                              {"a": action}).scalars())
+
+
+def test_an_append_takes_another_chain_while_chain_1_is_held(env: Env) -> None:
+    if env.database.kind != "postgres":
+        pytest.skip("SQLite serialises writers; every record lands on chain 1 there")
+    env.vault.secrets.put(env.admin, "ml/key", b"v")
+    holder = engine_for(env.settings.db_url).connect()
+    try:
+        holder.begin()
+        holder.execute(text("SELECT seq FROM mlsecrets_audit_head WHERE chain = 1 FOR UPDATE"))
+        assert env.vault.secrets.read(env.admin, "ml/key") == b"v"  # does not wait for it
+    finally:
+        holder.rollback()
+        holder.close()
+    assert chain_of(env, "secret.read") == [2]
+    assert chain_of(env, "secret.write") == [1]
+    report = env.vault.audit.verify(env.admin, all_seals=True)
+    assert report.ok and report.chains == 4
+
+
+def test_concurrent_writers_spread_over_chains_and_the_trail_verifies(env: Env) -> None:
+    fill(env, 2)
+    errors: list[str] = []
+
+    def lookups() -> None:
+        for _ in range(15):
+            try:
+                env.vault.secrets.read(env.admin, "ml/s0")
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=lookups) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(chain_of(env, "secret.read")) == 60
+    report = env.vault.audit.verify(env.admin, all_seals=True)
+    assert report.ok and report.chains == 4
+
+
+def test_a_removed_chain_is_reported(env: Env) -> None:
+    fill(env, 1)
+    with engine_for(env.settings.db_url).begin() as c:
+        c.execute(text("DELETE FROM mlsecrets_audit_head WHERE chain = 3"))
+    with pytest.raises(AuditChainBroken, match="chain 3 has no head"):
+        env.vault.audit.verify(env.admin)
+
+
+def test_migration_0003_gives_an_older_vault_its_other_chains(env: Env) -> None:
+    fill(env, 2)
+    engine = engine_for(env.settings.db_url)
+    with engine.begin() as c:  # the vault as revision 0002 left it: chain 1 only
+        c.execute(text("DELETE FROM mlsecrets_audit_head WHERE chain > 1"))
+        c.execute(text("UPDATE mlsecrets_alembic_version SET version_num = '0002'"))
+    assert upgrade(engine) is True
+    with engine.connect() as c:
+        heads = c.execute(text("SELECT chain, seq FROM mlsecrets_audit_head ORDER BY chain")).all()
+    assert [tuple(h) for h in heads] == [(1, heads[0].seq), (2, 0), (3, 0), (4, 0)]
+    assert env.vault.audit.verify(env.admin, all_seals=True).ok

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, func, null, select
 
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
+from airflow_provider_mlsecrets.audit.log import CHAINS
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash, record_prefix
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
 from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
@@ -68,6 +69,11 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
     if not heads:
         report.fail(0, None, "there is no audit chain at all: the trail was removed, or the "
                     "vault was never initialised")
+    else:
+        for chain in range(1, CHAINS + 1):
+            if chain not in heads:
+                report.fail(chain, None, f"chain {chain} has no head: it was removed from "
+                            "the database; restore it from backup")
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
     _check_extents(connection, heads, report)

@@ -96,7 +96,7 @@ class Vault:
                 created.append(f"vault {vault_row.vault_id}")
                 # The chain starts with the vault and only then: a head missing from an
                 # existing vault means tampering, which init must not paper over.
-                audit_log.start_chain(session, vault_row.vault_id)
+                audit_log.start_chains(session, vault_row.vault_id)
             if session.execute(select(models.Kek.version)).first() is None:
                 label = kek_label(self.settings.key_prefix, 1)
                 try:
