@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _setup import scratch
 from _stats import summary, timings
 
 from airflow_provider_mlsecrets.audit import log as audit_log
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="samples per operation")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="mlsecrets-bench-"))
+    home = scratch("mlsecrets-bench-")
     dev = provision(home, "bench")
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'vault.db'}",
                         pkcs11_module=dev.module, pkcs11_token="bench",

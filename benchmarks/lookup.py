@@ -14,13 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _setup import scratch
 from _stats import summary, timings
 
 URI = "postgresql://trainer:bench-pa55word@warehouse.internal:5432/features"
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("-n", type=int, default=300, help="samples per backend")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="mlsecrets-lookup-"))
+    base = scratch("mlsecrets-lookup-")
     prepare(base)
 
     from airflow.models.connection import Connection

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, Table, create_engine, delete, insert
 
+from airflow_provider_mlsecrets.audit.log import CHAINS
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
 from airflow_provider_mlsecrets.audit.verify import verify
 from airflow_provider_mlsecrets.keys import KekId, KeyInfo, KeyProvider, MacKey
@@ -75,7 +76,8 @@ def write(engine: Engine, rows: list[dict[str, Any]]) -> None:
     with engine.begin() as c:
         c.execute(delete(AuditRecord))
         c.execute(delete(AuditHead))
-        c.execute(insert(AuditHead), {"chain": 1, "seq": len(rows), "hash": previous})
+        c.execute(insert(AuditHead), [{"chain": 1, "seq": len(rows), "hash": previous}] + [
+            {"chain": n, "seq": 0, "hash": genesis(VAULT, n)} for n in range(2, CHAINS + 1)])
         if records:
             c.execute(insert(AuditRecord), records)
 
