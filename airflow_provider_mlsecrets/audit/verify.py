@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, null, select
+from sqlalchemy import Connection, Result, Row, func, null, select
 
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
@@ -115,16 +117,58 @@ def _extents(connection: Connection) -> Iterator[tuple[int, int]]:
             AuditRecord.chain > chain)).scalar_one_or_none()
 
 
-def _rows(connection: Connection, chain: int, upto: int, *, seals: bool = True) -> Iterable[Any]:
+def _rows(connection: Connection, chain: int, upto: int, *,
+          seals: bool = True) -> Result[Any] | Generator[Any, None, None]:
     """The chain's records up to its head as read: records committed after the head was
     read belong to the next verification, not to a false alarm in this one. Without
     ``seals`` the seal column reads as NULL (one blob less to fetch per record)."""
     columns = _COLUMNS if seals else (*_COLUMNS[:-1], null())
     # Per-statement options: Connection.execution_options() would change the connection
     # itself, and every later statement on it would become a server-side cursor.
-    return connection.execute(
+    result = connection.execute(
         select(*columns).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
         .order_by(AuditRecord.seq).execution_options(yield_per=5000))
+    if connection.dialect.name == "postgresql":
+        return _fetched_ahead(result)
+    return result
+
+
+_END = object()
+
+
+def _fetched_ahead(result: Result[Any]) -> Generator[Any, None, None]:
+    """The rows of ``result``, with the next batch fetched by a thread while this one is
+    hashed: from a database server, waiting for the next batch (spent in the socket, off
+    the GIL) then overlaps the hashing instead of following it. Stops the thread when the
+    caller stops early."""
+    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            for batch in result.partitions():
+                while not stop.is_set():
+                    try:
+                        batches.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            batches.put(_END)
+        except BaseException as exc:  # handed to the reader, raised there
+            batches.put(exc)
+
+    worker = threading.Thread(target=fetch, name="mlsecrets-audit-fetch", daemon=True)
+    worker.start()
+    try:
+        while (batch := batches.get()) is not _END:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
+    finally:
+        stop.set()
+        worker.join()
 
 
 class _Prefixed(dict[object, bytes]):
@@ -158,8 +202,9 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
     prefix, fields, sizes = record_prefix(chain), _Prefixed(), _SIZES
     sha256, join, same = hashlib.sha256, b"".join, hmac.compare_digest
     countdown = PROGRESS_STEP - report.records % PROGRESS_STEP
+    rows: Any = _rows(connection, chain, head.seq, seals=all_seals)
     for (seq, ts, principal, roles, action, path, version, outcome, reason, request_id,
-         context, stored, seal) in _rows(connection, chain, head.seq, seals=all_seals):
+         context, stored, seal) in rows:
         if seq != expected:
             report.fail(chain, expected, f"chain {chain}: record {expected} is missing "
                         f"(the next record is {seq}): records were deleted or inserted")
@@ -199,6 +244,7 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
         _count(report, expected - 1, all_seals)
         _finish_chain(connection, keys, chain, head, report, all_seals, expected, previous)
         return
+    rows.close()  # stopped early: end the read (and any fetching thread) before more queries
     _count(report, expected - 1, all_seals)
 
 
