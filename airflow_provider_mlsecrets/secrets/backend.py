@@ -204,6 +204,8 @@ class MLSecretsBackend(BaseSecretsBackend):
 
 
 def _mask_parts(conn: Any) -> None:
+    """The password as Airflow decodes it and the connection's URI form (which may escape
+    the password differently from the stored text)."""
     for part in (conn.password, conn.get_uri()):
         if part:
             mask(part)
