@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
 def write_private(path: Path, text: str, *, mode: int = 0o600) -> None:
+    with private_file(path, mode=mode) as handle:
+        handle.write(text)
+
+
+@contextmanager
+def private_file(path: Path, *, mode: int = 0o600) -> Iterator[TextIO]:
+    """A text file to write that replaces ``path`` only if the block finishes."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # mkstemp: a fresh, unguessable name created O_EXCL (no symlink or planted file is
     # followed or reused); the mode is set on the descriptor before a byte is written
@@ -18,7 +28,7 @@ def write_private(path: Path, text: str, *, mode: int = 0o600) -> None:
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

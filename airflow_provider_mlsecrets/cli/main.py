@@ -16,6 +16,7 @@ from airflow_provider_mlsecrets.cli import (
     _admin,
     _airflow,
     _audit,
+    _backup,
     _principals,
     _rotation,
     _secrets,
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_admin, _secrets, _rotation, _principals, _audit, _airflow, _serve):
+    for module in (_admin, _secrets, _rotation, _principals, _audit, _backup, _airflow,
+                   _serve):
         module.register(commands, common)
     return parser
 

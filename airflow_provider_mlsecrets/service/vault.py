@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.service.access import (
     parse_name,
 )
 from airflow_provider_mlsecrets.service.audit import AuditService
+from airflow_provider_mlsecrets.service.backup import BackupService
 from airflow_provider_mlsecrets.service.keys import KeyService
 from airflow_provider_mlsecrets.service.rotation import RotationService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
@@ -64,6 +65,7 @@ class Vault:
         self.access = AccessService(self.core)
         self.audit = AuditService(self.core)
         self.keys = KeyService(self.core)
+        self.backups = BackupService(self.core)
         self.rotation = RotationService(self.core, self.secrets)
 
     @property

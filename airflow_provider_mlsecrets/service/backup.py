@@ -1,0 +1,252 @@
+"""Backup and restore: a consistent snapshot of every vault table as JSON lines, sealed in
+the HSM (docs/reliability.md, "Backup and restore").
+
+The file holds what the database holds (ciphertexts, wrapped data keys, token hashes, the
+policy and the audit trail) and never a plaintext or a key: without the same HSM it opens
+nothing. Its last line carries SHA-256 over every line before it and an HMAC of that digest
+under the integrity key, computed in the HSM, so a restore refuses a file that was changed,
+cut short or made by another HSM before it writes a single row.
+
+Line 1: ``{"format", "vault_id", "schema", "created_at", "columns": {table: [names]}}``;
+then one ``{"t": table, "r": [values]}`` per row, tables in foreign-key order, bytes as
+base64 and times as ISO 8601; last: ``{"rows", "sha256", "mac"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Connection, Integer, LargeBinary, Table, func, insert, select
+
+from airflow_provider_mlsecrets import canonical
+from airflow_provider_mlsecrets.audit import log as audit_log
+from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
+from airflow_provider_mlsecrets.audit.verify import verify
+from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, InvalidInput
+from airflow_provider_mlsecrets.keys import MacKey
+from airflow_provider_mlsecrets.policy.roles import Capability
+from airflow_provider_mlsecrets.service._core import Caller, Core, process_context, utcnow
+from airflow_provider_mlsecrets.store import models
+from airflow_provider_mlsecrets.store.models import UTCDateTime
+
+FORMAT = "mlsecrets-backup-v1"
+_TAG = "mlsecrets-backup-v1"
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    vault_id: str
+    schema: str
+    rows: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    vault_id: str
+    rows: dict[str, int]
+    audit_records: int
+    audit_ok: bool
+
+
+def _tables() -> list[Table]:
+    return [t for t in models.Base.metadata.sorted_tables if t.name.startswith("mlsecrets_")]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _decoder(table: Table) -> list[Any]:
+    out: list[Any] = []
+    for column in table.columns:
+        if isinstance(column.type, LargeBinary):
+            out.append(lambda v: None if v is None else base64.b64decode(v, validate=True))
+        elif isinstance(column.type, UTCDateTime):
+            out.append(lambda v: None if v is None else datetime.fromisoformat(v))
+        else:
+            out.append(lambda v: v)
+    return out
+
+
+def _seal(core: Core, digest: bytes) -> bytes:
+    return core.keys.mac(MacKey.INTEGRITY, canonical.encode(_TAG, digest))
+
+
+class BackupService:
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def backup(self, caller: Caller, out: TextIO) -> BackupInfo:
+        """Write a snapshot of the vault to ``out``. Needs what ``grant`` needs (an unfenced
+        security engineer): the file holds the whole policy."""
+        from airflow_provider_mlsecrets.store import migrate
+
+        with self._core.operation(caller, "vault.backup", Capability.GRANT) as op:
+            vault_id = self._core.vault_id(op.session)
+            if self._core.engine.dialect.name == "sqlite":
+                # this transaction's write lock already holds every writer off
+                info = self._dump(op.session.connection(), vault_id, migrate, out)
+            else:
+                with self._core.engine.connect() as snapshot:
+                    snapshot = snapshot.execution_options(isolation_level="REPEATABLE READ")
+                    with snapshot.begin():
+                        info = self._dump(snapshot, vault_id, migrate, out)
+            op.reason += f"; {sum(info.rows.values())} rows"
+        return info
+
+    def _dump(self, c: Connection, vault_id: str, migrate: Any, out: TextIO) -> BackupInfo:
+        digest = hashlib.sha256()
+        schema = migrate.current_revision(c)
+        tables = _tables()
+
+        def emit(obj: object) -> None:
+            line = json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+            digest.update(line.encode("utf-8"))
+            out.write(line)
+
+        emit({"format": FORMAT, "vault_id": vault_id, "schema": schema,
+              "created_at": format_ts(utcnow()),
+              "columns": {t.name: [col.name for col in t.columns] for t in tables}})
+        counts: dict[str, int] = {}
+        for table in tables:
+            counts[table.name] = 0
+            key = list(table.primary_key.columns)
+            for row in c.execute(select(table).order_by(*key)).yield_per(_BATCH):
+                emit({"t": table.name, "r": [_encode(v) for v in row]})
+                counts[table.name] += 1
+        total = sum(counts.values())
+        out.write(json.dumps({"rows": total, "sha256": digest.hexdigest(),
+                              "mac": _seal(self._core, digest.digest()).hex()}) + "\n")
+        return BackupInfo(vault_id=vault_id, schema=str(schema), rows=counts)
+
+    def restore(self, source: Path) -> RestoreInfo:
+        """Load a backup into an empty vault database with the HSM that made it. The file
+        is checked whole (its HSM MAC) before anything is written; the load is one
+        transaction, so a failure leaves the database as empty as it was."""
+        from airflow_provider_mlsecrets.store import migrate
+
+        core = self._core
+        core.keys.check()
+        header = self._check_file(source)
+        with core.database_errors():
+            migrate.upgrade(core.engine)
+        if header["schema"] != migrate.head_revision():
+            raise ConfigurationError(
+                f"the backup has schema {header['schema']} and this release "
+                f"{migrate.head_revision()}; restore it with the release that made it, then "
+                "upgrade")
+        with core.transaction() as session:
+            c = session.connection()
+            if c.execute(select(func.count()).select_from(models.Vault)).scalar_one():
+                raise InvalidInput(
+                    f"the database at {core.settings.db_url.split('@')[-1]} already holds a "
+                    "vault; restore only into an empty database (nothing was changed)")
+            counts = self._load(c, source, header)
+            for label in c.execute(select(models.Kek.label)).scalars():
+                core.keys.describe(label)  # KeyMissing: not the HSM this vault used
+            self._reset_sequences(c)
+            audit_log.append(session, core.keys, Entry(
+                ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",
+                action="vault.restore", path="", version=None, outcome=Outcome.ALLOWED.value,
+                reason=f"restored {sum(counts.values())} rows from a backup of "
+                       f"{header['created_at']}", request_id=str(uuid.uuid4()),
+                context=json.dumps(process_context("cli"), sort_keys=True,
+                                   separators=(",", ":"))))
+        with core.engine.connect() as c, c.begin():
+            report = verify(c, core.keys, header["vault_id"])
+        return RestoreInfo(vault_id=header["vault_id"], rows=counts,
+                           audit_records=report.records, audit_ok=report.ok)
+
+    def _check_file(self, source: Path) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        header: dict[str, Any] | None = None
+        last = ""
+        rows = 0
+        try:
+            with source.open("rb") as handle:
+                for raw in handle:
+                    if last:
+                        digest.update(last.encode("utf-8"))
+                        rows += 1
+                    last = raw.decode("utf-8")
+                    if header is None:
+                        header = json.loads(last)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInput(f"cannot read the backup {source}: {exc}") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise InvalidInput(f"{source} is not a {FORMAT} file")
+        try:
+            trailer = json.loads(last)
+            expected = _seal(self._core, digest.digest())
+            mac = bytes.fromhex(trailer["mac"])
+            intact = (trailer["rows"] == rows - 1 and trailer["sha256"] == digest.hexdigest()
+                      and hmac.compare_digest(expected, mac))
+        except (ValueError, KeyError, TypeError):
+            intact = False
+        if not intact:
+            raise IntegrityError(
+                f"the backup {source} was changed, cut short, or made with another HSM (its "
+                "seal does not match); nothing was restored")
+        return header
+
+    @staticmethod
+    def _load(c: Connection, source: Path, header: dict[str, Any]) -> dict[str, int]:
+        tables = {t.name: t for t in _tables()}
+        if header["columns"] != {n: [col.name for col in t.columns] for n, t in tables.items()}:
+            raise InvalidInput("the backup's tables differ from this release's schema")
+        decoders = {n: _decoder(t) for n, t in tables.items()}
+        names = {n: [col.name for col in t.columns] for n, t in tables.items()}
+        counts = dict.fromkeys(tables, 0)
+        pending: list[dict[str, Any]] = []
+        current: str | None = None
+
+        def flush() -> None:
+            if pending and current is not None:
+                c.execute(insert(tables[current]), pending)
+                pending.clear()
+
+        with source.open(encoding="utf-8") as handle:
+            next(handle)
+            for line in handle:
+                item = json.loads(line)
+                if "t" not in item:
+                    break  # the trailer
+                name = item["t"]
+                if name != current:
+                    flush()
+                    current = name
+                pending.append({col: decode(v) for col, decode, v in
+                                zip(names[name], decoders[name], item["r"], strict=True)})
+                counts[name] += 1
+                if len(pending) >= _BATCH:
+                    flush()
+            flush()
+        return counts
+
+    @staticmethod
+    def _reset_sequences(c: Connection) -> None:
+        """PostgreSQL hands out ids from sequences that an explicit id does not move."""
+        if c.dialect.name != "postgresql":
+            return
+        for table in _tables():
+            key = list(table.primary_key.columns)
+            if len(key) != 1 or not isinstance(key[0].type, Integer):
+                continue
+            column = key[0]  # a column without a sequence makes this setval(NULL): nothing
+            c.execute(select(func.setval(
+                func.pg_get_serial_sequence(table.name, column.name),
+                func.greatest(select(func.max(column)).scalar_subquery(), 1))))
