@@ -19,7 +19,7 @@ from pathlib import Path
 from airflow_provider_mlsecrets.errors import ConfigurationError
 
 CONFIG_FILE = "config.json"
-DEFAULT_TOKEN_LABEL = "mlsecrets"  # noqa: S105 - the HSM token's label, not a password
+DEFAULT_TOKEN_LABEL = "mlsecrets"  # noqa: S105 - the HSM token's label # nosec B105
 DEFAULT_KEY_PREFIX = "mlsecrets"
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_VERSIONS = 10
@@ -33,7 +33,7 @@ ENVIRONMENT = {
     "home": "MLSECRETS_HOME",
     "db_url": "MLSECRETS_DB_URL",
     "pkcs11_module": "MLSECRETS_PKCS11_MODULE",
-    "pkcs11_token": "MLSECRETS_PKCS11_TOKEN",
+    "pkcs11_token": "MLSECRETS_PKCS11_TOKEN",  # variable names, not values # nosec B105
     "pkcs11_pin": "MLSECRETS_PKCS11_PIN",
     "pkcs11_pin_file": "MLSECRETS_PKCS11_PIN_FILE",
     "softhsm2_conf": "MLSECRETS_SOFTHSM2_CONF",
@@ -43,8 +43,8 @@ ENVIRONMENT = {
     "rotation_lease": "MLSECRETS_ROTATION_LEASE",
     "data_key_cache_ttl": "MLSECRETS_DATA_KEY_CACHE_TTL",
     "data_key_cache_uses": "MLSECRETS_DATA_KEY_CACHE_USES",
-    "token": "MLSECRETS_TOKEN",
-    "token_file": "MLSECRETS_TOKEN_FILE",
+    "token": "MLSECRETS_TOKEN",  # nosec B105
+    "token_file": "MLSECRETS_TOKEN_FILE",  # nosec B105
     "url": "MLSECRETS_URL",
     "ca_file": "MLSECRETS_CA_FILE",
 }

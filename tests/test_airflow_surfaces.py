@@ -100,6 +100,8 @@ def test_the_hook_in_a_task_process(airflow_env: AirflowEnv, tmp_path: Path) -> 
         hook = MLSecretsHook()
         ok, message = hook.test_connection()
         value = hook.inject("variables/model_registry_url")
+        secret = hook.secret("variables/model_registry_url")
+        print(repr(secret), f"{secret}", secret.reveal() == value, value not in str([secret]))
         print(ok, message.split(" as ")[-1], len(value),
               [s.path for s in hook.list("variables/")][:1],
               [v.version for v in hook.versions("variables/model_registry_url")])
@@ -116,11 +118,13 @@ def test_the_hook_in_a_task_process(airflow_env: AirflowEnv, tmp_path: Path) -> 
                          timeout=120, check=False)
     assert got.returncode == 0, got.stderr[-3000:]
     lines = got.stdout.strip().splitlines()
+    assert lines[-3] == "SecretValue(***) SecretValue(***) True True"
     assert lines[-2] == ("True airflow-pipeline (pipeline) 20 "
                          "['variables/model_registry_url'] [1]")
     assert lines[-1] == "AccessDenied"
     records = airflow_env.vault.audit.tail(airflow_env.admin, 5)
     assert [r.action for r in records][-2:] == ["secret.versions", "secret.read"]
+    assert [r.action for r in records].count("secret.inject") >= 2  # secret() is audited too
 
 
 def test_malformed_connection_uris_are_refused(airflow_env: AirflowEnv) -> None:

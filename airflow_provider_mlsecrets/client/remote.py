@@ -66,7 +66,8 @@ def _error(response: httpx.Response) -> errors.MLSecretsError:
 
 class _Http:
     def __init__(self, settings: Settings) -> None:
-        assert settings.url is not None
+        if settings.url is None:
+            raise errors.ConfigurationError("MLSECRETS_URL is not set")
         self.base = settings.url.rstrip("/")
         verify: Any = str(settings.ca_file) if settings.ca_file else True
         self.client = httpx.Client(timeout=TIMEOUT, verify=verify, follow_redirects=False,

@@ -23,12 +23,13 @@ from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
 from airflow_provider_mlsecrets.settings import Settings
+from airflow_provider_mlsecrets.values import SecretValue
 
 # connection extras -> vault settings. Only these: a connection is data that anyone who may
 # edit connections (or run Airflow's connection test in the API server) controls, so it must
 # not name a PKCS#11 library to load, a database, a PIN file or a service URL to send a token
 # to; those come from the process's own MLSECRETS_* settings alone.
-_EXTRAS = {"token_file": "token_file"}
+_EXTRAS = {"token_file": "token_file"}  # an extra's name, not a password # nosec B105
 
 
 class MLSecretsHook(BaseHook):
@@ -54,6 +55,12 @@ class MLSecretsHook(BaseHook):
         value = self.vault.secrets.inject(self.caller(), path, version).decode("utf-8")
         mask(value)
         return value
+
+    def secret(self, path: str, version: int | None = None) -> SecretValue:
+        """As :meth:`inject`, as a :class:`SecretValue`: it never shows itself in a log, an
+        exception, a rendered template or an XCom; ``.reveal()`` where it is used."""
+        value = self.inject(path, version)
+        return SecretValue(value)
 
     def unseal(self, path: str, token: str) -> str:
         """A sealed value for this task (``inject`` on ``path``), registered with the masker."""

@@ -110,7 +110,7 @@ def _connection_field(ref: Reference) -> tuple[str, list[str]]:
     return str(value), derived
 
 
-SECRET_KEY_PREFIX = "mlsecrets:"  # noqa: S105 - Variable.get("mlsecrets:PATH") reads PATH
+SECRET_KEY_PREFIX = "mlsecrets:"  # noqa: S105 - a key prefix # nosec B105
 
 
 class ThroughAirflow:

@@ -24,7 +24,7 @@ class MacKey(enum.Enum):
     """Which HSM MAC key an HMAC is computed with."""
 
     AUDIT = "audit-mac"
-    TOKEN = "token-mac"  # noqa: S105 - a key label, not a password
+    TOKEN = "token-mac"  # noqa: S105 - a key label, not a password # nosec B105
     INTEGRITY = "integrity-mac"
 
 

@@ -24,7 +24,7 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
+import subprocess  # runs the task author's command, see _run_command # nosec B404
 import sys
 import threading
 import traceback
@@ -95,7 +95,8 @@ class InjectSecretsOperator(BaseOperator):
         if self.command is not None:
             self._run_command(child_env, redactor)
             return None
-        assert self.python_callable is not None
+        if self.python_callable is None:
+            raise AirflowException("give the operator a command or a python_callable")
         return self._run_callable(child_env, redactor)
 
     def on_kill(self) -> None:
@@ -110,14 +111,17 @@ class InjectSecretsOperator(BaseOperator):
     # pipe would keep the task waiting, and holds the secrets), on failure, time-out or kill.
     def _run_command(self, child_env: dict[str, str], redactor: Redactor) -> None:
         try:
-            process = subprocess.Popen(  # noqa: S603 - argv list unless shell=True was asked
+            # the task author's own command, as BashOperator runs it; a shell
+            # only when the author asked for one (shell=True), never built from a value
+            process = subprocess.Popen(  # noqa: S603 # nosec B602 B603
                 self.command, shell=self.shell, env=child_env, cwd=self.cwd,  # type: ignore[arg-type]
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         except OSError as exc:
             raise AirflowException(f"cannot start the command ({exc.strerror})") from None
         self._child_pid = process.pid
-        assert process.stdout is not None
+        if process.stdout is None:  # stdout=PIPE always gives one
+            raise AirflowException("the command's output could not be read")
         reader = threading.Thread(target=self._log_output, args=(process.stdout, redactor))
         reader.start()
         try:
@@ -153,8 +157,8 @@ class InjectSecretsOperator(BaseOperator):
                 outcome, payload = "died", ""
             child.join()
         finally:
-            assert child.pid is not None
-            _kill_group(child.pid)  # on a time-out or kill too, not only after success
+            if child.pid is not None:
+                _kill_group(child.pid)  # on a time-out or kill too, not only after success
             child.join(timeout=READER_GRACE_SECONDS)
             reader.join(timeout=READER_GRACE_SECONDS)
             output.close()

@@ -29,7 +29,7 @@ from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
 from airflow_provider_mlsecrets.store.models import Grant, Principal, Secret
 
 PRINCIPAL_TAG = "mlsecrets-principal-v1"
-SECRET_TAG = "mlsecrets-secret-v1"  # noqa: S105 - a domain tag, not a password
+SECRET_TAG = "mlsecrets-secret-v1"  # noqa: S105 - a domain tag # nosec B105
 
 
 def _ts(moment: datetime | None) -> str:

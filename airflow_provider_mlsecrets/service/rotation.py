@@ -281,7 +281,8 @@ class RotationService:
         path = parse_path(path)
         run = str(uuid.uuid4())
         plan, _ = self._begin(caller, path, run, False, action="rotation.cancel")
-        assert plan is not None
+        if plan is None:  # only a run asked to go only if due returns none
+            raise RotationFailed(f"no rotation of {path} to cancel")
         if plan.step is RotationStep.IDLE:
             self._release(caller, path, run)
             raise InvalidInput(f"no rotation of {path} is in progress")

@@ -128,7 +128,8 @@ class AirflowConnectionRotator(Rotator):
 
     def create(self, ctx: RotationContext) -> bytes:
         inner, inner_ctx = self._inner(ctx)
-        assert ctx.current is not None
+        if ctx.current is None:
+            raise InvalidInput("the connection has no current value to rotate from")
         conn = _Connection.parse(ctx.current)
         return conn.with_password(self._guarded(lambda: inner.create(inner_ctx), inner_ctx))
 
