@@ -29,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -83,6 +83,7 @@ class ScramPostgres:
     superuser_password: str
     base: Path
     logfile: Path
+    restart: Callable[[], None]
     dbname: str = "postgres"
 
     @property
@@ -200,15 +201,20 @@ class _Server:
         log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
         raise RuntimeError(f"pg_ctl start failed:\n{result.stdout}\n{result.stderr}\n{log}")
 
+    def restart(self) -> None:
+        """Stop (fast: every connection is cut) and start again on the same port."""
+        result = self.run(self.pg_ctl, "-D", str(self.data), "-l", str(self.logfile), "-m",
+                          "fast", "-w", "-t", "60", "restart")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed:\n{result.stdout}\n{result.stderr}")
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self.run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def scram_postgres() -> Iterator[ScramPostgres]:
-    """A PostgreSQL server with scram-sha-256 authentication, for the whole session."""
+def _new_server() -> _Server:
     pytest.importorskip("psycopg")
     initdb, pg_ctl = _tool("initdb"), _tool("pg_ctl")
     if initdb is None or pg_ctl is None:
@@ -221,13 +227,31 @@ def scram_postgres() -> Iterator[ScramPostgres]:
                          "initdb as (initdb refuses root)")
         if shutil.which("runuser") is None:
             _unavailable("running as root, but runuser (util-linux) is missing")
-    server = _Server(initdb, pg_ctl)
+    return _Server(initdb, pg_ctl)
+
+
+@contextlib.contextmanager
+def _running(server: _Server) -> Iterator[ScramPostgres]:
     try:
         server.init()
         port = server.start()
         yield ScramPostgres(host="127.0.0.1", port=port, superuser=server.superuser,
                             superuser_password=server.password, base=server.base,
-                            logfile=server.logfile)
+                            logfile=server.logfile, restart=server.restart)
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def scram_postgres() -> Iterator[ScramPostgres]:
+    """A PostgreSQL server with scram-sha-256 authentication, for the whole session."""
+    with _running(_new_server()) as server:
+        yield server
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[ScramPostgres]:
+    """A server of this test's own, which it may restart."""
+    with _running(_new_server()) as server:
+        yield server
