@@ -47,16 +47,6 @@ def _reset_lock_in_child() -> None:
 
 os.register_at_fork(after_in_child=_reset_lock_in_child)
 
-# Errors after which the session is gone and a fresh login may help.
-SESSION_LOST: tuple[type[Exception], ...] = (
-    p11e.SessionHandleInvalid,
-    p11e.SessionClosed,
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.UserNotLoggedIn,
-)
 # Errors a torn SoftHSM2 token file shows at login (SoftHSMv2 issue #757).
 TORN_TOKEN: tuple[type[Exception], ...] = (
     p11e.GeneralError, p11e.NoSuchToken, p11e.UserPinNotInitialized, p11e.TokenNotRecognised,
@@ -92,18 +82,27 @@ _STALE: set[str] = set()
 def run(address: TokenAddress, operation: Callable[[Any], T], *, retry: bool = True) -> T:
     """Run ``operation(session)`` under the process lock, logging in first if needed.
 
-    If the session turns out to be gone (HSM restarted, token re-inserted), it is dropped,
-    opened again and ``operation`` retried once when ``retry`` allows it.
+    If the token fails (session gone, library finalised or reset, device removed, token
+    re-inserted), the session is dropped, the library initialised again and ``operation``
+    retried once on a fresh login when ``retry`` allows it. If that fails too, the session
+    is dropped again and :class:`HSMUnavailable` raised: the caller fails closed, and the
+    next call starts afresh, so the vault recovers when the HSM does, without a restart.
     """
     with PROCESS_LOCK:
-        shared = _current(address)
         try:
-            return operation(shared.session)
-        except SESSION_LOST:
+            return operation(_current(address).session)
+        except p11e.PKCS11Error:
+            _drop(address)
             if not retry:
                 raise
-            _drop(address)
+        try:
             return operation(_current(address).session)
+        except p11e.PKCS11Error as exc:
+            _drop(address)
+            raise HSMUnavailable(
+                f"the HSM failed on token {address.label!r} ({type(exc).__name__}) and again "
+                "after a fresh login; check that it is reachable and the token present "
+                "(nothing was done)") from None
 
 
 def cached_object(address: TokenAddress, label: str, find: Callable[[Any], Any]) -> Any:
@@ -217,7 +216,7 @@ def _open(address: TokenAddress, pin: str) -> Any:
 def describe_missing_token(address: TokenAddress) -> HSMUnavailable:
     """The error for an unknown token label, listing the labels that do exist."""
     try:
-        labels = sorted(t.label for t in _load(address.module).get_tokens())
+        labels = sorted(t.label for t in _load(address.module).get_tokens() if t.label)
     except p11e.PKCS11Error:
         labels = []
     return HSMUnavailable(
