@@ -21,7 +21,10 @@ def parse_duration(text: str) -> timedelta:
             "s, m, h, d or w (for example 90s, 15m, 12h, 30d)"
         )
     number, unit = match.groups()
-    return timedelta(**{_UNITS[unit]: int(number)})
+    try:
+        return timedelta(**{_UNITS[unit]: int(number)})
+    except OverflowError:
+        raise InvalidInput(f"the duration {text!r} is too long") from None
 
 
 def parse_moment(text: str, *, future: bool) -> datetime:
@@ -30,7 +33,10 @@ def parse_moment(text: str, *, future: bool) -> datetime:
     if _DURATION.fullmatch(text.strip()):
         delta = parse_duration(text)
         now = datetime.now(timezone.utc)
-        return now + delta if future else now - delta
+        try:
+            return now + delta if future else now - delta
+        except OverflowError:
+            raise InvalidInput(f"{text!r} from now is beyond the calendar") from None
     try:
         moment = pendulum.parse(text, tz="UTC")
     except (ValueError, pendulum.parsing.exceptions.ParserError):
