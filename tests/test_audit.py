@@ -323,3 +323,42 @@ def test_migration_0003_gives_an_older_vault_its_other_chains(env: Env) -> None:
         heads = c.execute(text("SELECT chain, seq FROM mlsecrets_audit_head ORDER BY chain")).all()
     assert [tuple(h) for h in heads] == [(1, heads[0].seq), (2, 0), (3, 0), (4, 0)]
     assert env.vault.audit.verify(env.admin, all_seals=True).ok
+
+
+def test_a_verification_that_stops_early_while_batches_are_prefetched_returns(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL the next batches are fetched by a thread; a failure found early must
+    stop it rather than leave verification (holding every chain head) waiting forever."""
+    from airflow_provider_mlsecrets.audit import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "FETCH_BATCH", 2)
+    fill(env, 12)
+    tamper(env, lambda c: c.execute(text(
+        "UPDATE mlsecrets_audit SET reason = 'changed' WHERE chain = 1 AND seq = 3")))
+    outcome: list[object] = []
+
+    def run(**kwargs: object) -> None:
+        try:
+            env.vault.audit.verify(env.admin, **kwargs)  # type: ignore[arg-type]
+        except AuditChainBroken as exc:
+            outcome.append(exc.seq)
+
+    for kwargs in ({}, {"all_seals": True}):
+        worker = threading.Thread(target=run, kwargs=kwargs, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "verification hung"
+    assert outcome == [3, 3]
+    assert env.vault.secrets.read(env.admin, "ml/s0") == b"value-0"  # nothing left locked
+    assert [t.name for t in threading.enumerate() if t.name == "mlsecrets-audit-fetch"] == []
+
+
+def test_a_planted_chain_takes_no_record_and_is_reported(env: Env) -> None:
+    fill(env, 1)
+    with engine_for(env.settings.db_url).begin() as c:
+        c.execute(text("INSERT INTO mlsecrets_audit_head (chain, seq, hash) VALUES "
+                       "(0, 0, :h)"), {"h": genesis(vault_id(env), 0)})
+    env.vault.secrets.read(env.admin, "ml/s0")
+    assert chain_of(env, "secret.read") == [1]
+    with pytest.raises(AuditChainBroken, match="chain 0 is not one of the vault's chains"):
+        env.vault.audit.verify(env.admin)

@@ -39,8 +39,9 @@ _HEADS = cast(Table, AuditHead.__table__)
 _RECORDS = cast(Table, AuditRecord.__table__)
 _LOCK_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).where(
     _HEADS.c.chain == bindparam("chain")).with_for_update()
-_FREE_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).order_by(
-    _HEADS.c.chain).limit(1).with_for_update(skip_locked=True)
+_FREE_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).where(
+    _HEADS.c.chain.between(1, CHAINS)).order_by(_HEADS.c.chain).limit(1).with_for_update(
+    skip_locked=True)
 _MOVE_HEAD = update(_HEADS).where(_HEADS.c.chain == bindparam("head")).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _ADD = insert(_RECORDS)

@@ -9,6 +9,7 @@ the tail was not truncated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import queue
@@ -28,6 +29,7 @@ from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
 
 Progress = Callable[[int], None]
 PROGRESS_STEP = 1000
+FETCH_BATCH = 5000  # records per fetch from the database
 _COLUMNS = (AuditRecord.seq, AuditRecord.ts, AuditRecord.principal, AuditRecord.roles,
             AuditRecord.action, AuditRecord.path, AuditRecord.version, AuditRecord.outcome,
             AuditRecord.reason, AuditRecord.request_id, AuditRecord.context, AuditRecord.hash,
@@ -76,6 +78,9 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
             if chain not in heads:
                 report.fail(chain, None, f"chain {chain} has no head: it was removed from "
                             "the database; restore it from backup")
+        for chain in sorted(set(heads) - set(range(1, CHAINS + 1))):
+            report.fail(chain, None, f"chain {chain} is not one of the vault's chains (1 to "
+                        f"{CHAINS}): its head was planted in the database")
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
     _check_extents(connection, heads, report)
@@ -127,7 +132,7 @@ def _rows(connection: Connection, chain: int, upto: int, *,
     # itself, and every later statement on it would become a server-side cursor.
     result = connection.execute(
         select(*columns).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
-        .order_by(AuditRecord.seq).execution_options(yield_per=5000))
+        .order_by(AuditRecord.seq).execution_options(yield_per=FETCH_BATCH))
     if connection.dialect.name == "postgresql":
         return _fetched_ahead(result)
     return result
@@ -139,25 +144,30 @@ _END = object()
 def _fetched_ahead(result: Result[Any]) -> Generator[Any, None, None]:
     """The rows of ``result``, with the next batch fetched by a thread while this one is
     hashed: from a database server, waiting for the next batch (spent in the socket, off
-    the GIL) then overlaps the hashing instead of following it. Stops the thread when the
-    caller stops early."""
+    the GIL) then overlaps the hashing instead of following it. However the reader stops
+    (done, early, or by an exception), closing this generator stops and joins the thread
+    and closes the result before the connection is used for anything else."""
     batches: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        """Queue ``item`` unless the reader has stopped; whether it was queued."""
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def fetch() -> None:
         try:
             for batch in result.partitions():
-                while not stop.is_set():
-                    try:
-                        batches.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(batch):
                     return
-            batches.put(_END)
+            hand_over(_END)
         except BaseException as exc:  # handed to the reader, raised there
-            batches.put(exc)
+            hand_over(exc)
 
     worker = threading.Thread(target=fetch, name="mlsecrets-audit-fetch", daemon=True)
     worker.start()
@@ -169,6 +179,7 @@ def _fetched_ahead(result: Result[Any]) -> Generator[Any, None, None]:
     finally:
         stop.set()
         worker.join()
+        result.close()
 
 
 class _Prefixed(dict[object, bytes]):
@@ -203,48 +214,50 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
     sha256, join, same = hashlib.sha256, b"".join, hmac.compare_digest
     countdown = PROGRESS_STEP - report.records % PROGRESS_STEP
     rows: Any = _rows(connection, chain, head.seq, seals=all_seals)
-    for (seq, ts, principal, roles, action, path, version, outcome, reason, request_id,
-         context, stored, seal) in rows:
-        if seq != expected:
-            report.fail(chain, expected, f"chain {chain}: record {expected} is missing "
-                        f"(the next record is {seq}): records were deleted or inserted")
-            break
-        try:
-            t, q = ts.encode(), request_id.encode()
-            digest = sha256(join((
-                previous, prefix, seq.to_bytes(8, "big"), sizes[len(t)], t, fields[principal],
-                fields[roles], fields[action], fields[path],
-                fields["" if version is None else str(version)], fields[outcome],
-                fields[reason], sizes[len(q)], q, fields[context]))).digest()
-        except Exception:  # not text, or a field of 1 KiB or more: the reference encoder
-            digest = next_hash(previous, chain, seq, Entry(
-                ts=ts, principal=principal, roles=roles, action=action, path=path,
-                version=version, outcome=outcome, reason=reason, request_id=request_id,
-                context=context))
-        if not same(digest, stored):
-            report.fail(chain, seq, f"chain {chain}: record {seq} does not match the chain: "
-                        "it, or the one before it, was changed, inserted or reordered")
-            break
-        if all_seals and not _seal_ok(keys, digest, seal):
-            report.fail(chain, seq, f"chain {chain}: record {seq} has a bad seal: "
-                        "the trail was rewritten from here on")
-            break
-        if seq == checkpoint_seq:
-            walked[chain] = digest  # the hash as recomputed, not as stored
-        previous = digest
-        expected += 1
-        countdown -= 1
-        if not countdown:
-            countdown = PROGRESS_STEP
-            if len(fields) > _CACHE_LIMIT:
-                fields.clear()
-            if progress is not None:
-                progress(PROGRESS_STEP)
-    else:  # the whole chain was walked
-        _count(report, expected - 1, all_seals)
-        _finish_chain(connection, keys, chain, head, report, all_seals, expected, previous)
-        return
-    rows.close()  # stopped early: end the read (and any fetching thread) before more queries
+    try:
+        for (seq, ts, principal, roles, action, path, version, outcome, reason, request_id,
+             context, stored, seal) in rows:
+            if seq != expected:
+                report.fail(chain, expected, f"chain {chain}: record {expected} is missing "
+                            f"(the next record is {seq}): records were deleted or inserted")
+                break
+            try:
+                t, q = ts.encode(), request_id.encode()
+                digest = sha256(join((
+                    previous, prefix, seq.to_bytes(8, "big"), sizes[len(t)], t, fields[principal],
+                    fields[roles], fields[action], fields[path],
+                    fields["" if version is None else str(version)], fields[outcome],
+                    fields[reason], sizes[len(q)], q, fields[context]))).digest()
+            except Exception:  # not text, or a field of 1 KiB or more: the reference encoder
+                digest = next_hash(previous, chain, seq, Entry(
+                    ts=ts, principal=principal, roles=roles, action=action, path=path,
+                    version=version, outcome=outcome, reason=reason, request_id=request_id,
+                    context=context))
+            if not same(digest, stored):
+                report.fail(chain, seq, f"chain {chain}: record {seq} does not match the chain: "
+                            "it, or the one before it, was changed, inserted or reordered")
+                break
+            if all_seals and not _seal_ok(keys, digest, seal):
+                report.fail(chain, seq, f"chain {chain}: record {seq} has a bad seal: "
+                            "the trail was rewritten from here on")
+                break
+            if seq == checkpoint_seq:
+                walked[chain] = digest  # the hash as recomputed, not as stored
+            previous = digest
+            expected += 1
+            countdown -= 1
+            if not countdown:
+                countdown = PROGRESS_STEP
+                if len(fields) > _CACHE_LIMIT:
+                    fields.clear()
+                if progress is not None:
+                    progress(PROGRESS_STEP)
+        else:  # the whole chain was walked
+            _count(report, expected - 1, all_seals)
+            _finish_chain(connection, keys, chain, head, report, all_seals, expected, previous)
+            return
+    finally:
+        rows.close()  # however it ended: the read (and any fetching thread) ends here
     _count(report, expected - 1, all_seals)
 
 
@@ -262,11 +275,12 @@ def _finish_chain(connection: Connection, keys: KeyProvider, chain: int, head: R
             AuditRecord.chain == chain, AuditRecord.seq == expected - 1)).scalar_one_or_none()
         if not _seal_ok(keys, previous, last_seal):
             # Someone recomputed the hashes: find the first record whose seal fails.
-            for row in _rows(connection, chain, head.seq):
-                if not _seal_ok(keys, row.hash, row.seal):
-                    report.fail(chain, row.seq, f"chain {chain}: record {row.seq} has a bad "
-                                "seal: the trail was rewritten from here on")
-                    return
+            with contextlib.closing(_rows(connection, chain, head.seq)) as rows:
+                for row in rows:
+                    if not _seal_ok(keys, row.hash, row.seal):
+                        report.fail(chain, row.seq, f"chain {chain}: record {row.seq} has a "
+                                    "bad seal: the trail was rewritten from here on")
+                        return
     head_seq, head_hash = head.seq, head.hash
     if head_seq != expected - 1 or not hmac.compare_digest(head_hash, previous):
         report.fail(chain, min(head_seq, expected), f"chain {chain}: the chain head names "
