@@ -4,19 +4,28 @@ an empty PostgreSQL database (and SQLite), every secret read back with the same 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from airflow_provider_mlsecrets._files import private_file
 from airflow_provider_mlsecrets.cli.main import main
-from airflow_provider_mlsecrets.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+from airflow_provider_mlsecrets.errors import (
+    AccessDenied,
+    AuditError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+)
 from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.service.backup import BackupService
 from airflow_provider_mlsecrets.store.engine import engine_for
 from tests.conftest import Env, require_postgres
 
@@ -129,7 +138,7 @@ def _empty(url: str) -> bool:
 def test_restore_refuses_a_database_that_holds_a_vault(env: Env, tmp_path: Path) -> None:
     fill(env)
     backup = take_backup(env, tmp_path)
-    with pytest.raises(InvalidInput, match="already holds a vault"):
+    with pytest.raises(InvalidInput, match="already holds vault data"):
         env.vault.backups.restore(backup)
 
 
@@ -175,4 +184,62 @@ def test_the_cli_backs_up_and_restores(env: Env, tmp_path: Path,
     result = json.loads(capsys.readouterr().out)
     assert result["audit_ok"] is True and result["rows"]["mlsecrets_secrets"] == len(VALUES) + 2
     assert main(["restore", "--in", str(tmp_path / "cli.backup")]) == 2  # not empty any more
-    assert "already holds a vault" in capsys.readouterr().err
+    assert "already holds vault data" in capsys.readouterr().err
+
+
+# -- from the security review -------------------------------------------------------------
+def test_a_row_smuggled_into_the_trailer_is_refused(env: Env, tmp_path: Path) -> None:
+    fill(env)
+    backup = take_backup(env, tmp_path)
+    lines = backup.read_text().splitlines(keepends=True)
+    trailer = json.loads(lines[-1])
+    trailer.update(t="mlsecrets_audit_head", r=[0, 0, "AA=="])
+    forged = tmp_path / "forged.backup"
+    forged.write_text("".join(lines[:-1]) + json.dumps(trailer) + "\n")
+    target = dataclasses.replace(env.settings, db_url=f"sqlite:///{tmp_path / 't.db'}")
+    with pytest.raises(IntegrityError, match="changed, cut short"):
+        Vault(target).backups.restore(forged)
+
+
+def test_what_is_loaded_is_what_was_checked(env: Env, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    etl = fill(env)
+    before = take_backup(env, tmp_path)  # etl active
+    env.vault.access.revoke_principal(env.admin, "etl")
+    after = tmp_path / "after.backup"
+    with private_file(after) as handle:
+        env.vault.backups.backup(env.admin, handle)
+    real = BackupService._copy_and_check
+
+    def swap_after_check(self: BackupService, source: Path, copy: Any) -> Any:
+        checked = real(self, source, copy)
+        source.write_bytes(before.read_bytes())  # the file changes under the restore
+        return checked
+
+    monkeypatch.setattr(BackupService, "_copy_and_check", swap_after_check)
+    restored = Vault(dataclasses.replace(env.settings, db_url=f"sqlite:///{tmp_path / 'r.db'}"))
+    restored.backups.restore(after)
+    with pytest.raises(AccessDenied, match="revoked"):
+        restored.secrets.inject(etl, "ml/team0/key0")
+
+
+def test_restore_refuses_leftover_rows_without_a_vault(env: Env, tmp_path: Path) -> None:
+    fill(env)
+    backup = take_backup(env, tmp_path)
+    target = f"sqlite:///{tmp_path / 'leftover.db'}"
+    restored = Vault(dataclasses.replace(env.settings, db_url=target))
+    restored.backups.restore(backup)
+    with engine_for(target).begin() as c:
+        c.execute(text("DELETE FROM mlsecrets_vault"))
+    with pytest.raises(InvalidInput, match="already holds vault data"):
+        restored.backups.restore(backup)
+
+
+def test_a_backup_whose_record_cannot_be_written_hands_over_nothing(env: Env) -> None:
+    fill(env)
+    with env.vault.core.transaction() as session:
+        session.execute(text("DELETE FROM mlsecrets_audit_head"))
+    out = io.StringIO()
+    with pytest.raises(AuditError):
+        env.vault.backups.backup(env.admin, out)
+    assert out.getvalue() == ""

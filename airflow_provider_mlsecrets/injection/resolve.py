@@ -39,6 +39,9 @@ class Resolved:
 
 
 def resolve(refs: dict[str, Reference], hook: Any) -> Resolved:
+    from airflow_provider_mlsecrets._process import disable_core_dumps
+
+    disable_core_dumps()  # the task process and the child it starts will hold the values
     out = Resolved()
     for name, ref in refs.items():
         value, derived = _resolve_one(ref, hook)

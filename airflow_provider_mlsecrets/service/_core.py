@@ -23,6 +23,7 @@ from sqlalchemy import Engine, Row, bindparam, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets._process import disable_core_dumps
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import (
     ContextValue,
@@ -108,6 +109,7 @@ class Core:
     """Settings, engine, keys and the operation discipline, shared by the service parts."""
 
     def __init__(self, settings: Settings, keys: KeyProvider | None = None) -> None:
+        disable_core_dumps()  # this process will hold an HSM session, data keys, values
         self.settings = settings
         self._keys = keys
         self._vault_id: str | None = None

@@ -19,13 +19,15 @@ import getpass
 import hashlib
 import hmac
 import json
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Connection, Integer, LargeBinary, Table, func, insert, select
+from sqlalchemy import Connection, Integer, LargeBinary, Table, func, insert, inspect, select
 
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit import log as audit_log
@@ -36,6 +38,7 @@ from airflow_provider_mlsecrets.keys import MacKey
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, process_context, utcnow
 from airflow_provider_mlsecrets.store import models
+from airflow_provider_mlsecrets.store.engine import safe_url
 from airflow_provider_mlsecrets.store.models import UTCDateTime
 
 FORMAT = "mlsecrets-backup-v1"
@@ -82,8 +85,8 @@ def _decoder(table: Table) -> list[Any]:
     return out
 
 
-def _seal(core: Core, digest: bytes) -> bytes:
-    return core.keys.mac(MacKey.INTEGRITY, canonical.encode(_TAG, digest))
+def _seal(core: Core, rows: int, digest: bytes) -> bytes:
+    return core.keys.mac(MacKey.INTEGRITY, canonical.encode(_TAG, rows, digest))
 
 
 class BackupService:
@@ -92,20 +95,25 @@ class BackupService:
 
     def backup(self, caller: Caller, out: TextIO) -> BackupInfo:
         """Write a snapshot of the vault to ``out``. Needs what ``grant`` needs (an unfenced
-        security engineer): the file holds the whole policy."""
+        security engineer): the file holds the whole policy. Nothing reaches ``out`` until
+        the backup's own audit record is committed."""
         from airflow_provider_mlsecrets.store import migrate
 
-        with self._core.operation(caller, "vault.backup", Capability.GRANT) as op:
-            vault_id = self._core.vault_id(op.session)
-            if self._core.engine.dialect.name == "sqlite":
-                # this transaction's write lock already holds every writer off
-                info = self._dump(op.session.connection(), vault_id, migrate, out)
-            else:
-                with self._core.engine.connect() as snapshot:
-                    snapshot = snapshot.execution_options(isolation_level="REPEATABLE READ")
-                    with snapshot.begin():
-                        info = self._dump(snapshot, vault_id, migrate, out)
-            op.reason += f"; {sum(info.rows.values())} rows"
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:  # unlinked, private
+            with self._core.operation(caller, "vault.backup", Capability.GRANT) as op:
+                vault_id = self._core.vault_id(op.session)
+                if self._core.engine.dialect.name == "sqlite":
+                    # this transaction's write lock already holds every writer off
+                    info = self._dump(op.session.connection(), vault_id, migrate, buffer)
+                else:
+                    with self._core.engine.connect() as snapshot:
+                        snapshot = snapshot.execution_options(
+                            isolation_level="REPEATABLE READ")
+                        with snapshot.begin():
+                            info = self._dump(snapshot, vault_id, migrate, buffer)
+                op.reason += f"; {sum(info.rows.values())} rows"
+            buffer.seek(0)
+            shutil.copyfileobj(buffer, out)
         return info
 
     def _dump(self, c: Connection, vault_id: str, migrate: Any, out: TextIO) -> BackupInfo:
@@ -130,86 +138,115 @@ class BackupService:
                 counts[table.name] += 1
         total = sum(counts.values())
         out.write(json.dumps({"rows": total, "sha256": digest.hexdigest(),
-                              "mac": _seal(self._core, digest.digest()).hex()}) + "\n")
+                              "mac": _seal(self._core, total, digest.digest()).hex()}) + "\n")
         return BackupInfo(vault_id=vault_id, schema=str(schema), rows=counts)
 
     def restore(self, source: Path) -> RestoreInfo:
         """Load a backup into an empty vault database with the HSM that made it. The file
-        is checked whole (its HSM MAC) before anything is written; the load is one
-        transaction, so a failure leaves the database as empty as it was."""
+        is read once, into a private copy that is checked whole (its HSM MAC over every
+        line and the row count) and then loaded, so what is loaded is what was checked; the
+        load is one transaction, so a failure leaves the database as empty as it was."""
         from airflow_provider_mlsecrets.store import migrate
 
         core = self._core
         core.keys.check()
-        header = self._check_file(source)
-        with core.database_errors():
-            migrate.upgrade(core.engine)
-        if header["schema"] != migrate.head_revision():
-            raise ConfigurationError(
-                f"the backup has schema {header['schema']} and this release "
-                f"{migrate.head_revision()}; restore it with the release that made it, then "
-                "upgrade")
-        with core.transaction() as session:
-            c = session.connection()
-            if c.execute(select(func.count()).select_from(models.Vault)).scalar_one():
-                raise InvalidInput(
-                    f"the database at {core.settings.db_url.split('@')[-1]} already holds a "
-                    "vault; restore only into an empty database (nothing was changed)")
-            counts = self._load(c, source, header)
-            for label in c.execute(select(models.Kek.label)).scalars():
-                core.keys.describe(label)  # KeyMissing: not the HSM this vault used
-            self._reset_sequences(c)
-            audit_log.append(session, core.keys, Entry(
-                ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",
-                action="vault.restore", path="", version=None, outcome=Outcome.ALLOWED.value,
-                reason=f"restored {sum(counts.values())} rows from a backup of "
-                       f"{header['created_at']}", request_id=str(uuid.uuid4()),
-                context=json.dumps(process_context("cli"), sort_keys=True,
-                                   separators=(",", ":"))))
+        self._refuse_unless_empty()
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as copy:
+            header, rows = self._copy_and_check(source, copy)
+            with core.database_errors():
+                migrate.upgrade(core.engine)
+            if header["schema"] != migrate.head_revision():
+                raise ConfigurationError(
+                    f"the backup has schema {header['schema']} and this release "
+                    f"{migrate.head_revision()}; restore it with the release that made it, "
+                    "then upgrade")
+            with core.transaction() as session:
+                c = session.connection()
+                copy.seek(0)
+                counts = self._load(c, copy, header, rows)
+                for label in c.execute(select(models.Kek.label)).scalars():
+                    core.keys.describe(label)  # KeyMissing: not the HSM this vault used
+                self._reset_sequences(c)
+                audit_log.append(session, core.keys, Entry(
+                    ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",
+                    action="vault.restore", path="", version=None,
+                    outcome=Outcome.ALLOWED.value,
+                    reason=f"restored {rows} rows from a backup of {header['created_at']}",
+                    request_id=str(uuid.uuid4()),
+                    context=json.dumps(process_context("cli"), sort_keys=True,
+                                       separators=(",", ":"))))
         with core.engine.connect() as c, c.begin():
             report = verify(c, core.keys, header["vault_id"])
         return RestoreInfo(vault_id=header["vault_id"], rows=counts,
                            audit_records=report.records, audit_ok=report.ok)
 
-    def _check_file(self, source: Path) -> dict[str, Any]:
+    def _refuse_unless_empty(self) -> None:
+        """Before anything is created or migrated: no vault table may hold a row."""
+        from airflow_provider_mlsecrets.store.migrate import VERSION_TABLE
+
+        engine = self._core.engine
+        with self._core.database_errors(), engine.connect() as c:
+            present = set(inspect(c).get_table_names())
+            for table in _tables():
+                if table.name in present and table.name != VERSION_TABLE and c.execute(
+                        select(func.count()).select_from(table)).scalar_one():
+                    raise InvalidInput(
+                        f"the database at {safe_url(self._core.settings.db_url)} already "
+                        f"holds vault data ({table.name}); restore only into an empty "
+                        "database (nothing was changed)")
+
+    def _copy_and_check(self, source: Path, copy: TextIO) -> tuple[dict[str, Any], int]:
+        """Copy ``source`` into ``copy`` in one read and check the copy: the header, the
+        trailer (exactly its three fields) and the HSM MAC over the lines and their
+        number. Returns the header and the number of rows."""
         digest = hashlib.sha256()
-        header: dict[str, Any] | None = None
-        last = ""
-        rows = 0
+        lines, last = 0, ""
         try:
             with source.open("rb") as handle:
                 for raw in handle:
-                    if last:
+                    if lines:
                         digest.update(last.encode("utf-8"))
-                        rows += 1
                     last = raw.decode("utf-8")
-                    if header is None:
-                        header = json.loads(last)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+                    copy.write(last)
+                    lines += 1
+        except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"cannot read the backup {source}: {exc}") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise InvalidInput(f"{source} is not a {FORMAT} file")
+        refused = IntegrityError(
+            f"the backup {source} was changed, cut short, or made with another HSM (its seal "
+            "does not match); nothing was restored")
         try:
+            copy.seek(0)
+            header = json.loads(copy.readline())
             trailer = json.loads(last)
-            expected = _seal(self._core, digest.digest())
-            mac = bytes.fromhex(trailer["mac"])
-            intact = (trailer["rows"] == rows - 1 and trailer["sha256"] == digest.hexdigest()
-                      and hmac.compare_digest(expected, mac))
-        except (ValueError, KeyError, TypeError):
-            intact = False
-        if not intact:
-            raise IntegrityError(
-                f"the backup {source} was changed, cut short, or made with another HSM (its "
-                "seal does not match); nothing was restored")
-        return header
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise InvalidInput(f"{source} is not a {FORMAT} file")
+            if not isinstance(trailer, dict) or set(trailer) != {"rows", "sha256", "mac"}:
+                raise refused
+            rows = trailer["rows"]
+            if type(rows) is not int or rows != lines - 2 or \
+                    trailer["sha256"] != digest.hexdigest():
+                raise refused
+            if not hmac.compare_digest(_seal(self._core, rows, digest.digest()),
+                                       bytes.fromhex(trailer["mac"])):
+                raise refused
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            raise refused from None
+        return header, rows
 
     @staticmethod
-    def _load(c: Connection, source: Path, header: dict[str, Any]) -> dict[str, int]:
-        tables = {t.name: t for t in _tables()}
-        if header["columns"] != {n: [col.name for col in t.columns] for n, t in tables.items()}:
+    def _load(c: Connection, copy: TextIO, header: dict[str, Any],
+              rows: int) -> dict[str, int]:
+        """Exactly ``rows`` lines of ``{"t", "r"}`` after the header, tables in foreign-key
+        order, then the trailer: anything else is refused before the commit."""
+        order = _tables()
+        tables = {t.name: t for t in order}
+        rank = {t.name: i for i, t in enumerate(order)}
+        names = {n: [col.name for col in t.columns] for n, t in tables.items()}
+        if header.get("columns") != names:
             raise InvalidInput("the backup's tables differ from this release's schema")
         decoders = {n: _decoder(t) for n, t in tables.items()}
-        names = {n: [col.name for col in t.columns] for n, t in tables.items()}
         counts = dict.fromkeys(tables, 0)
         pending: list[dict[str, Any]] = []
         current: str | None = None
@@ -219,22 +256,29 @@ class BackupService:
                 c.execute(insert(tables[current]), pending)
                 pending.clear()
 
-        with source.open(encoding="utf-8") as handle:
-            next(handle)
-            for line in handle:
-                item = json.loads(line)
-                if "t" not in item:
-                    break  # the trailer
+        malformed = IntegrityError("the backup's rows are not in its own format; nothing "
+                                   "was restored")
+        copy.readline()  # the header, checked already
+        for _ in range(rows):
+            try:
+                item = json.loads(copy.readline())
+                if not isinstance(item, dict) or set(item) != {"t", "r"} or \
+                        item["t"] not in tables or not isinstance(item["r"], list) or \
+                        (current is not None and rank[item["t"]] < rank[current]):
+                    raise malformed
                 name = item["t"]
-                if name != current:
-                    flush()
-                    current = name
-                pending.append({col: decode(v) for col, decode, v in
-                                zip(names[name], decoders[name], item["r"], strict=True)})
-                counts[name] += 1
-                if len(pending) >= _BATCH:
-                    flush()
-            flush()
+                row = {col: decode(v) for col, decode, v in
+                       zip(names[name], decoders[name], item["r"], strict=True)}
+            except (ValueError, TypeError):
+                raise malformed from None
+            if name != current:
+                flush()
+                current = name
+            pending.append(row)
+            counts[name] += 1
+            if len(pending) >= _BATCH:
+                flush()
+        flush()
         return counts
 
     @staticmethod
