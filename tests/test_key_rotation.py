@@ -3,14 +3,19 @@ reads going on meanwhile, an interrupted rotation resumed, and the old key disab
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 
 from airflow_provider_mlsecrets.crypto.envelope import Envelope
 from airflow_provider_mlsecrets.errors import IntegrityError
+from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service import keys as key_service
+from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store.engine import engine_for
 from airflow_provider_mlsecrets.store.models import SecretVersion
 from tests.conftest import Env
@@ -234,3 +239,52 @@ def test_reseal_moves_a_sealed_value_to_the_current_key(env: Env) -> None:
         env.vault.secrets.unseal(env.admin, "rot/sealed", token)
     with pytest.raises(IntegrityError):  # bound to its path, like any sealed value
         env.vault.secrets.reseal(env.admin, "rot/elsewhere", fresh)
+
+
+CRASH_STEPS = ["KEK made in the HSM, not yet recorded", "new KEK recorded",
+               "first batch re-wrapped", "all re-wrapped, nothing disabled"]
+
+
+def _rotate_and_die(settings: Settings, token: str, step: str) -> None:
+    """In a forked child: start a KEK rotation and kill the process (``os._exit``, no
+    clean-up, no exception handler) at ``step``."""
+    vault, admin = Vault(settings), Caller(token)
+    keys: Any = vault.keys
+    if step == CRASH_STEPS[0]:
+        provider: Any = vault.core.keys
+        real = provider.create_kek
+        provider.create_kek = lambda version: (real(version), os._exit(0))
+        keys.start(admin)
+    elif step == CRASH_STEPS[1]:
+        keys.start(admin)
+    elif step == CRASH_STEPS[2]:
+        key_service.BATCH = 4
+        real_batch = keys._rewrap_batch
+        keys._rewrap_batch = lambda caller, skip: (real_batch(caller, skip), os._exit(0))
+        keys.rotate(admin)
+    else:
+        keys._disable_unused = lambda caller: os._exit(0)
+        keys.rotate(admin)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_a_key_rotation_killed_at_each_step_is_finished_by_the_next_run(env: Env,
+                                                                          step: str) -> None:
+    values = fill(env)
+    child = multiprocessing.get_context("fork").Process(
+        target=_rotate_and_die, args=(env.settings, env.admin.token, step))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    # the next run: "mlsecrets key rotate --resume", or a new rotation when the crash came
+    # before the new KEK was recorded (the key already in the HSM is taken, not made again)
+    vault = Vault(env.settings)
+    vault.keys.rotate(env.admin, new_version=step == CRASH_STEPS[0])
+    prefix = env.settings.key_prefix
+    states = {k.label: k.state for k in vault.key_list(env.admin)}
+    assert states == {f"{prefix}-kek-1": "disabled", f"{prefix}-kek-2": "current"}
+    assert {kek for _n, _c, kek in payloads(env).values()} == {f"{prefix}-kek-2"}
+    for path, value in values.items():
+        assert vault.secrets.read(env.admin, path) == value
+    assert vault.audit.verify(env.admin, all_seals=True).ok
