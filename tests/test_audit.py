@@ -32,7 +32,8 @@ def drop_triggers(c: Connection, kind: str) -> None:
         c.execute(text("DROP TRIGGER mlsecrets_audit_no_update"))
         c.execute(text("DROP TRIGGER mlsecrets_audit_no_delete"))
     else:
-        c.execute(text("DROP TRIGGER mlsecrets_audit_no_change ON mlsecrets_audit"))
+        c.execute(text("DROP TRIGGER mlsecrets_audit_no_update ON mlsecrets_audit"))
+        c.execute(text("DROP TRIGGER mlsecrets_audit_no_delete ON mlsecrets_audit"))
 
 
 def tamper(env: Env, change: Callable[[Connection], None]) -> None:
@@ -315,9 +316,13 @@ def test_a_removed_chain_is_reported(env: Env) -> None:
 def test_migration_0003_gives_an_older_vault_its_other_chains(env: Env) -> None:
     fill(env, 2)
     engine = engine_for(env.settings.db_url)
-    with engine.begin() as c:  # the vault as revision 0002 left it: chain 1 only
-        c.execute(text("DELETE FROM mlsecrets_audit_head WHERE chain > 1"))
-        c.execute(text("UPDATE mlsecrets_alembic_version SET version_num = '0002'"))
+    from alembic import command
+
+    from airflow_provider_mlsecrets.store.migrate import _config
+
+    command.downgrade(_config(engine), "0002")  # the vault as revision 0002 left it
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM mlsecrets_audit_head")).scalar_one() == 1
     assert upgrade(engine) is True
     with engine.connect() as c:
         heads = c.execute(text("SELECT chain, seq FROM mlsecrets_audit_head ORDER BY chain")).all()

@@ -19,7 +19,7 @@ from airflow_provider_mlsecrets.audit.log import CHAINS
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
 from airflow_provider_mlsecrets.audit.verify import verify
 from airflow_provider_mlsecrets.keys import KekId, KeyInfo, KeyProvider, MacKey
-from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord, Base
+from airflow_provider_mlsecrets.store.models import AuditAnchor, AuditHead, AuditRecord, Base
 
 VAULT = "0b5e7b3e-0000-4000-8000-000000000001"
 H0 = "a0ef52b79767d0f7c0fadde25a3e848c4129a90888ee3d2453423678489d64b1"
@@ -55,12 +55,13 @@ class SoftKeys(KeyProvider):
 
 KEYS = SoftKeys()
 HEADS, RECORDS = cast(Table, AuditHead.__table__), cast(Table, AuditRecord.__table__)
+ANCHORS = cast(Table, AuditAnchor.__table__)
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     engine = create_engine("sqlite://")
-    Base.metadata.create_all(engine, tables=[HEADS, RECORDS])
+    Base.metadata.create_all(engine, tables=[HEADS, RECORDS, ANCHORS])
     yield engine
     engine.dispose()
 

@@ -25,7 +25,7 @@ from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
 from airflow_provider_mlsecrets.audit.log import CHAINS
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash, record_prefix
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
-from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
+from airflow_provider_mlsecrets.store.models import AuditAnchor, AuditHead, AuditRecord
 
 Progress = Callable[[int], None]
 PROGRESS_STEP = 1000
@@ -84,16 +84,56 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
     _check_extents(connection, heads, report)
+    starts = _anchors(connection, keys, report)
     wanted = {p.chain: p.seq for p in checkpoint.chains} if checkpoint is not None else {}
     walked: dict[int, bytes] = {}
     for chain, head in sorted(heads.items()):
         report.chains += 1
         _verify_chain(connection, keys, vault_id, chain, head, report, all_seals, progress,
-                      wanted.get(chain), walked)
+                      wanted.get(chain), walked, starts.get(chain))
     if checkpoint is not None:
         for point in checkpoint.chains:
+            start = starts.get(point.chain)
+            if start is not None and point.seq <= start[0]:
+                # pruned since: the sealed anchor proves the chain went past it, and the
+                # export made by the prune holds the records themselves
+                if point.seq == start[0] and not hmac.compare_digest(point.hash, start[1]):
+                    report.fail(point.chain, point.seq, f"chain {point.chain}: record "
+                                f"{point.seq} differs from the checkpoint")
+                continue
             _check_point(keys, point, heads.get(point.chain), walked.get(point.chain), report)
     return report
+
+
+def anchor_note(chain: int, seq: int, digest: bytes) -> str:
+    """How an ``audit.prune`` record names the anchor a chain starts from after it."""
+    return f"chain {chain} from {seq} ({digest.hex()[:16]})"
+
+
+def _anchors(connection: Connection, keys: KeyProvider, report: Report
+             ) -> dict[int, tuple[int, bytes]]:
+    """Each pruned chain's start: its newest anchor, which must carry this vault's HSM
+    seal and be named by an ``audit.prune`` record (an anchor slipped into the table to
+    excuse deleted records is neither)."""
+    latest: dict[int, Row[Any]] = {}
+    for anchor in connection.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
+        latest[anchor.chain] = anchor
+    if not latest:
+        return {}
+    notes = " ".join(connection.execute(select(AuditRecord.reason).where(
+        AuditRecord.action == "audit.prune")).scalars())
+    starts = {}
+    for chain, anchor in latest.items():
+        if not _seal_ok(keys, anchor.hash, anchor.seal):
+            report.fail(chain, anchor.seq, f"chain {chain}: the anchor at record {anchor.seq} "
+                        "is not sealed by this vault's HSM: planted in the database")
+        elif anchor_note(chain, anchor.seq, anchor.hash) not in notes:
+            report.fail(chain, anchor.seq, f"chain {chain}: the anchor at record {anchor.seq} "
+                        "is named by no audit.prune record: records were deleted outside "
+                        "'mlsecrets audit prune'")
+        else:
+            starts[chain] = (anchor.seq, anchor.hash)
+    return starts
 
 
 def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: Report) -> None:
@@ -122,8 +162,8 @@ def _extents(connection: Connection) -> Iterator[tuple[int, int]]:
             AuditRecord.chain > chain)).scalar_one_or_none()
 
 
-def _rows(connection: Connection, chain: int, upto: int, *,
-          seals: bool = True) -> Result[Any] | Generator[Any, None, None]:
+def _rows(connection: Connection, chain: int, upto: int, *, seals: bool = True,
+          after: int = 0) -> Result[Any] | Generator[Any, None, None]:
     """The chain's records up to its head as read: records committed after the head was
     read belong to the next verification, not to a false alarm in this one. Without
     ``seals`` the seal column reads as NULL (one blob less to fetch per record)."""
@@ -131,7 +171,8 @@ def _rows(connection: Connection, chain: int, upto: int, *,
     # Per-statement options: Connection.execution_options() would change the connection
     # itself, and every later statement on it would become a server-side cursor.
     result = connection.execute(
-        select(*columns).where(AuditRecord.chain == chain, AuditRecord.seq <= upto)
+        select(*columns).where(AuditRecord.chain == chain, AuditRecord.seq > after,
+                               AuditRecord.seq <= upto)
         .order_by(AuditRecord.seq).execution_options(yield_per=FETCH_BATCH))
     if connection.dialect.name == "postgresql":
         return _fetched_ahead(result)
@@ -203,17 +244,18 @@ _SIZES = tuple(canonical.length_prefix(n) for n in range(1024))  # for ts and re
 def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
                   head: Row[Any], report: Report, all_seals: bool,
                   progress: Progress | None, checkpoint_seq: int | None,
-                  walked: dict[int, bytes]) -> None:
+                  walked: dict[int, bytes], start: tuple[int, bytes] | None = None) -> None:
     # The hot loop: one SHA-256 per record over canonical(r) built inline, byte for byte
     # what record.next_hash builds (tests/test_audit_encoding.py holds them to each other
     # and to the known answer of docs/formats.md).
     # A value of an unexpected type or size takes the reference encoder instead.
-    previous = genesis(vault_id, chain)
-    expected = 1
+    # a pruned chain starts after its anchor, with the anchor's hash
+    first, previous = start if start is not None else (0, genesis(vault_id, chain))
+    expected = first + 1
     prefix, fields, sizes = record_prefix(chain), _Prefixed(), _SIZES
     sha256, join, same = hashlib.sha256, b"".join, hmac.compare_digest
     countdown = PROGRESS_STEP - report.records % PROGRESS_STEP
-    rows: Any = _rows(connection, chain, head.seq, seals=all_seals)
+    rows: Any = _rows(connection, chain, head.seq, seals=all_seals, after=first)
     try:
         for (seq, ts, principal, roles, action, path, version, outcome, reason, request_id,
              context, stored, seal) in rows:
@@ -253,12 +295,13 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
                 if progress is not None:
                     progress(PROGRESS_STEP)
         else:  # the whole chain was walked
-            _count(report, expected - 1, all_seals)
-            _finish_chain(connection, keys, chain, head, report, all_seals, expected, previous)
+            _count(report, expected - 1 - first, all_seals)
+            _finish_chain(connection, keys, chain, head, report, all_seals, expected,
+                          previous, first)
             return
     finally:
         rows.close()  # however it ended: the read (and any fetching thread) ends here
-    _count(report, expected - 1, all_seals)
+    _count(report, expected - 1 - first, all_seals)
 
 
 def _count(report: Report, records: int, all_seals: bool) -> None:
@@ -268,14 +311,15 @@ def _count(report: Report, records: int, all_seals: bool) -> None:
 
 
 def _finish_chain(connection: Connection, keys: KeyProvider, chain: int, head: Row[Any],
-                  report: Report, all_seals: bool, expected: int, previous: bytes) -> None:
-    if expected > 1 and not all_seals:
+                  report: Report, all_seals: bool, expected: int, previous: bytes,
+                  first: int = 0) -> None:
+    if expected > first + 1 and not all_seals:
         report.seals_checked += 1
         last_seal = connection.execute(select(AuditRecord.seal).where(
             AuditRecord.chain == chain, AuditRecord.seq == expected - 1)).scalar_one_or_none()
         if not _seal_ok(keys, previous, last_seal):
             # Someone recomputed the hashes: find the first record whose seal fails.
-            with contextlib.closing(_rows(connection, chain, head.seq)) as rows:
+            with contextlib.closing(_rows(connection, chain, head.seq, after=first)) as rows:
                 for row in rows:
                     if not _seal_ok(keys, row.hash, row.seal):
                         report.fail(chain, row.seq, f"chain {chain}: record {row.seq} has a "

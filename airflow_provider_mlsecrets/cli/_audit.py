@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlsecrets._files import write_private
+from airflow_provider_mlsecrets._files import private_file, write_private
 from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.cli._output import write_lines
@@ -49,6 +49,13 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                                 help="verify, then write a checkpoint to keep elsewhere")
     checkpoint.add_argument("--out", type=Path, required=True, metavar="FILE")
     checkpoint.set_defaults(handler=_checkpoint)
+    prune = sub.add_parser("prune", parents=[common],
+                           help="move records older than a moment out to a verifiable file")
+    prune.add_argument("--before", required=True, metavar="WHEN",
+                       help="ISO time, or a duration ago (90d)")
+    prune.add_argument("--out", type=Path, required=True, metavar="FILE",
+                       help="where the pruned records go (written only if the prune commits)")
+    prune.set_defaults(handler=_prune)
 
 
 def _filters(args: argparse.Namespace) -> AuditFilter:
@@ -90,3 +97,19 @@ def _checkpoint(args: argparse.Namespace, ctx: Context) -> None:
     where = ", ".join(f"chain {c.chain} at record {c.seq}" for c in point.chains)
     ctx.output.message(f"checkpoint written to {args.out} ({where}); keep it away from the "
                        "database", json.loads(point.to_json()))
+
+
+def _prune(args: argparse.Namespace, ctx: Context) -> None:
+    before = parse_moment(args.before, future=False)
+    with private_file(args.out) as handle:
+        info = ctx.vault.audit.prune(ctx.caller, before, handle)
+    total = sum(info.pruned.values())
+    lines = [f"{total} records older than {before:%Y-%m-%dT%H:%M:%SZ} moved to {args.out}"]
+    lines += [f"  chain {chain}: {count} records, now starts after record "
+              f"{info.anchors[chain][0]}" for chain, count in sorted(info.pruned.items())]
+    lines.append("keep the file with the trail's checkpoints; 'mlsecrets audit verify' checks "
+                 "what remains")
+    ctx.output.message("\n".join(lines), {
+        "file": str(args.out), "records": total,
+        "chains": {str(c): {"pruned": n, "starts_after": info.anchors[c][0]}
+                   for c, n in info.pruned.items()}})

@@ -1,24 +1,27 @@
-"""The audit trail as auditors use it: tail, export, verify, checkpoint.
+"""The audit trail as auditors use it: tail, export, verify, checkpoint; and retention.
 
-Reading the trail is itself an audited action (``audit`` capability)."""
+Reading the trail is itself an audited action (``audit`` capability). Pruning it needs what
+``grant`` needs (an unfenced security engineer)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, func, insert, select
 
 from airflow_provider_mlsecrets.audit import verify as verification
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
-from airflow_provider_mlsecrets.audit.record import Outcome, format_ts
+from airflow_provider_mlsecrets.audit.record import Outcome, format_ts, genesis
 from airflow_provider_mlsecrets.errors import AuditChainBroken, InvalidInput
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
-from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
+from airflow_provider_mlsecrets.store.models import AuditAnchor, AuditHead, AuditRecord
 
 
 @dataclass(frozen=True)
@@ -148,3 +151,84 @@ class AuditService:
             op.reason += "; " + ", ".join(f"chain {p.chain} at {p.seq}" for p in points)
             return Checkpoint(vault_id=self._core.vault_id(op.session),
                               created_at=format_ts(utcnow()), chains=tuple(points))
+
+    def prune(self, caller: Caller, before: datetime, out: TextIO) -> PruneInfo:
+        """Move every record older than ``before`` out of the database into ``out``.
+
+        The trail is verified first. Each chain is cut after its longest run of records
+        older than ``before`` (never a newer one); the exported records, the hash each
+        chain's run starts from and a checkpoint of where it ends make the export
+        verifiable on its own. The cut record's hash and seal become the chain's anchor,
+        which verification starts from, and this operation's audit record names every
+        anchor. Nothing reaches ``out`` before that record is committed."""
+        cutoff = format_ts(before)
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:
+            with self._core.operation(caller, "audit.prune", Capability.GRANT) as op:
+                c = op.session.connection()
+                vault_id = self._core.vault_id(op.session)
+                report = verification.verify(c, self._core.keys, vault_id)
+                if not report.ok:
+                    chain, seq = report.first_bad or (0, None)
+                    raise AuditChainBroken("; ".join(report.problems) + "; nothing was pruned",
+                                           chain=chain, seq=seq)
+                info = self._cut(c, vault_id, cutoff, buffer)
+                notes = [verification.anchor_note(chain, seq, digest)
+                         for chain, (seq, digest) in sorted(info.anchors.items())]
+                op.reason += (f"; pruned {sum(info.pruned.values())} records before {cutoff}; "
+                              "anchors: " + (", ".join(notes) or "none"))
+            buffer.seek(0)
+            shutil.copyfileobj(buffer, out)
+        return info
+
+    def _cut(self, c: Any, vault_id: str, cutoff: str, out: TextIO) -> PruneInfo:
+        now = format_ts(utcnow())
+        anchors: dict[int, tuple[int, bytes]] = {}
+        for anchor in c.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
+            anchors[anchor.chain] = (anchor.seq, anchor.hash)
+        heads = {h.chain: h for h in c.execute(select(AuditHead))}
+        out.write(json.dumps({"format": EXPORT_FORMAT, "vault_id": vault_id, "before": cutoff,
+                              "starts": {str(chain): {"after": anchors.get(chain, (0, b""))[0],
+                                                      "hash": (anchors[chain][1] if chain in
+                                                               anchors else genesis(vault_id,
+                                                                                    chain)).hex()}
+                                         for chain in sorted(heads)}}) + "\n")
+        pruned: dict[int, int] = {}
+        points = []
+        for chain, head in sorted(heads.items()):
+            after = anchors.get(chain, (0, b""))[0]
+            newer = c.execute(select(func.min(AuditRecord.seq)).where(
+                AuditRecord.chain == chain, AuditRecord.seq > after,
+                AuditRecord.ts >= cutoff)).scalar_one_or_none()
+            cut = head.seq if newer is None else newer - 1
+            if cut <= after:
+                continue
+            last = None
+            for row in c.execute(select(AuditRecord).where(
+                    AuditRecord.chain == chain, AuditRecord.seq > after,
+                    AuditRecord.seq <= cut).order_by(AuditRecord.seq)):
+                out.write(json.dumps({name: (value.hex() if isinstance(value, bytes) else value)
+                                      for name, value in row._asdict().items()}) + "\n")
+                last = row
+            if last is None or last.seal is None:
+                continue
+            c.execute(insert(AuditAnchor).values(chain=chain, seq=cut, hash=last.hash,
+                                                  seal=last.seal, pruned_at=now))
+            c.execute(delete(AuditRecord).where(AuditRecord.chain == chain,
+                                                AuditRecord.seq <= cut))
+            anchors[chain] = (cut, last.hash)
+            pruned[chain] = cut - after
+            points.append(ChainPoint(chain=chain, seq=cut, hash=last.hash, seal=last.seal))
+        checkpoint = Checkpoint(vault_id=vault_id, created_at=now, chains=tuple(points))
+        out.write(json.dumps({"records": sum(pruned.values()),
+                              "checkpoint": json.loads(checkpoint.to_json())}) + "\n")
+        return PruneInfo(pruned=pruned, anchors=anchors)
+
+
+EXPORT_FORMAT = "mlsecrets-audit-export-v1"
+
+
+@dataclass(frozen=True)
+class PruneInfo:
+    pruned: dict[int, int]  # chain -> records moved out
+    anchors: dict[int, tuple[int, bytes]]  # chain -> (seq, hash) it now starts after
+

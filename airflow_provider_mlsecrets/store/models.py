@@ -196,8 +196,21 @@ class AuditHead(Base):
     hash: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class AuditAnchor(Base):
+    """Where a pruned chain now starts: the last pruned record's seq, hash and HSM seal.
+    Append-only; a record may be deleted only at or below its chain's anchor."""
+
+    __tablename__ = "mlsecrets_audit_anchors"
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+    seal: Mapped[bytes] = mapped_column(LargeBinary)
+    pruned_at: Mapped[str] = mapped_column(String(32))
+
+
 class AuditRecord(Base):
-    """Append-only; triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL)."""
+    """Append-only; triggers refuse UPDATE, DELETE (except at or below an anchor: retention)
+    and TRUNCATE on PostgreSQL."""
 
     __tablename__ = "mlsecrets_audit"
     chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
