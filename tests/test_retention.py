@@ -8,6 +8,7 @@ import io
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from airflow_provider_mlsecrets.audit.record import Entry, next_hash
+from airflow_provider_mlsecrets.cli.main import main
 from airflow_provider_mlsecrets.errors import AccessDenied, AuditChainBroken
 from airflow_provider_mlsecrets.keys import MacKey
 from airflow_provider_mlsecrets.service import Caller
@@ -122,3 +124,20 @@ def test_a_broken_trail_is_not_pruned(env: Env) -> None:
     with pytest.raises(AuditChainBroken, match="nothing was pruned"):
         env.vault.audit.prune(env.admin, datetime.now(timezone.utc), out)
     assert out.getvalue() == ""
+
+
+def test_the_cli_prunes(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    if env.database.kind != "sqlite":
+        pytest.skip("the CLI is the same on both databases")
+    env.vault.secrets.put(env.admin, "ml/k", b"v")
+    for name, value in env.settings.as_config().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLSECRETS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLSECRETS_TOKEN", str(env.admin.token))
+    time.sleep(1.1)
+    assert main(["--json", "audit", "prune", "--before", "1s", "--out",
+                 str(tmp_path / "old.jsonl")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["records"] >= 2 and (tmp_path / "old.jsonl").stat().st_mode & 0o777 == 0o600
+    assert main(["audit", "verify"]) == 0
