@@ -8,6 +8,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,19 +69,28 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
     engine_for(url).dispose()
 
 
-@pytest.fixture
-def postgres_db() -> Iterator[Database]:
+@contextmanager
+def empty_postgres() -> Iterator[str]:
+    """The URL of a new, empty schema on the test server, dropped afterwards."""
     base = require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base)
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{base}?options=-csearch_path%3D{schema}"
-    yield Database("postgres", url)
-    engine_for(url).dispose()
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        engine_for(url).dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[Database]:
+    with empty_postgres() as url:
+        yield Database("postgres", url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,13 +7,11 @@ import dataclasses
 import io
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from airflow_provider_mlsecrets._files import private_file
 from airflow_provider_mlsecrets.cli.main import main
@@ -27,27 +25,10 @@ from airflow_provider_mlsecrets.errors import (
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.backup import BackupService
 from airflow_provider_mlsecrets.store.engine import engine_for
-from tests.conftest import Env, require_postgres
+from tests.conftest import Env, empty_postgres
 
 VALUES = {f"ml/team{i % 3}/key{i}": f"value-{i}-{uuid.uuid4().hex}".encode() for i in range(12)}
 OLD, NEW, GONE = (f"{word}-{uuid.uuid4().hex}".encode() for word in ("old", "new", "gone"))
-
-
-@contextmanager
-def empty_postgres() -> Iterator[str]:
-    base = require_postgres()
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{base}?options=-csearch_path%3D{schema}"
-    try:
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def fill(env: Env) -> Caller:
