@@ -13,6 +13,7 @@ from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.cli._output import write_lines
 from airflow_provider_mlsecrets.durations import parse_moment
+from airflow_provider_mlsecrets.errors import AuditChainBroken, InvalidInput
 from airflow_provider_mlsecrets.plain import plain
 from airflow_provider_mlsecrets.service.audit import AuditFilter
 
@@ -56,6 +57,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     prune.add_argument("--out", type=Path, required=True, metavar="FILE",
                        help="where the pruned records go (written only if the prune commits)")
     prune.set_defaults(handler=_prune)
+    check = sub.add_parser("verify-export", parents=[common],
+                           help="check a file written by 'audit prune' on its own")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.set_defaults(handler=_verify_export)
 
 
 def _filters(args: argparse.Namespace) -> AuditFilter:
@@ -113,3 +118,16 @@ def _prune(args: argparse.Namespace, ctx: Context) -> None:
         "file": str(args.out), "records": total,
         "chains": {str(c): {"pruned": n, "starts_after": info.anchors[c][0]}
                    for c, n in info.pruned.items()}})
+
+
+def _verify_export(args: argparse.Namespace, ctx: Context) -> None:
+    try:
+        lines = args.file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {args.file}: {exc}") from None
+    report = ctx.vault.audit.verify_export(ctx.caller, lines)
+    if not report.ok:
+        raise AuditChainBroken("; ".join(report.problems), chain=0, seq=None)
+    ctx.output.message(f"export OK: {report.records} records in {report.chains} chain(s), "
+                       "each from its start hash to its HSM-sealed checkpoint",
+                       {"ok": True, "records": report.records, "chains": report.chains})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
@@ -17,6 +17,7 @@ from sqlalchemy import Select, delete, func, insert, select
 
 from airflow_provider_mlsecrets.audit import verify as verification
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
+from airflow_provider_mlsecrets.audit.export import EXPORT_FORMAT, ExportReport, check_export
 from airflow_provider_mlsecrets.audit.record import Outcome, format_ts, genesis
 from airflow_provider_mlsecrets.errors import AuditChainBroken, InvalidInput
 from airflow_provider_mlsecrets.policy.roles import Capability
@@ -152,6 +153,14 @@ class AuditService:
             return Checkpoint(vault_id=self._core.vault_id(op.session),
                               created_at=format_ts(utcnow()), chains=tuple(points))
 
+    def verify_export(self, caller: Caller, lines: Iterable[str]) -> ExportReport:
+        """Check a file written by :meth:`prune` on its own (``audit``)."""
+        with self._core.operation(caller, "audit.verify_export", Capability.AUDIT) as op:
+            report = check_export(lines, self._core.keys, self._core.vault_id(op.session))
+            op.reason += (f"; ok, {report.records} records" if report.ok
+                          else f"; FAILED: {report.problems[0]}")
+        return report
+
     def prune(self, caller: Caller, before: datetime, out: TextIO) -> PruneInfo:
         """Move every record older than ``before`` out of the database into ``out``.
 
@@ -223,8 +232,6 @@ class AuditService:
                               "checkpoint": json.loads(checkpoint.to_json())}) + "\n")
         return PruneInfo(pruned=pruned, anchors=anchors)
 
-
-EXPORT_FORMAT = "mlsecrets-audit-export-v1"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""Checking a file written by ``mlsecrets audit prune`` on its own.
+
+Such a file is the only copy of the records it holds. Its first line gives, for each
+chain, the hash the exported run starts from; then one record per line with its hash and
+seal; its last line is a checkpoint of where each run ends. A file is whole when each
+chain's run recomputes, record by record, from its start hash to the checkpoint's hash and
+the checkpoint's seals are this vault's (checked in the HSM).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_mlsecrets.audit.record import Entry, next_hash
+from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
+
+EXPORT_FORMAT = "mlsecrets-audit-export-v1"
+_FIELDS = ("ts", "principal", "roles", "action", "path", "version", "outcome", "reason",
+           "request_id", "context")
+
+
+@dataclass
+class ExportReport:
+    records: int = 0
+    chains: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> ExportReport:
+    report = ExportReport()
+    try:
+        parsed = [json.loads(line) for line in lines if line.strip()]
+        header, body, trailer = parsed[0], parsed[1:-1], parsed[-1]
+        if header.get("format") != EXPORT_FORMAT or header.get("vault_id") != vault_id:
+            report.problems.append(f"not an audit export of vault {vault_id}")
+            return report
+        points = {int(p["chain"]): p for p in trailer["checkpoint"]["chains"]}
+        runs: dict[int, list[dict[str, Any]]] = {}
+        for record in body:
+            runs.setdefault(int(record["chain"]), []).append(record)
+        if set(runs) != set(points) or trailer["records"] != len(body):
+            report.problems.append("the export's records and its checkpoint disagree: "
+                                   "records were added or removed")
+            return report
+        for chain, run in sorted(runs.items()):
+            report.chains += 1
+            start = header["starts"][str(chain)]
+            previous, expected = bytes.fromhex(start["hash"]), int(start["after"]) + 1
+            for record in run:
+                digest = next_hash(previous, chain, record["seq"],
+                                   Entry(*(record[name] for name in _FIELDS)))
+                if record["seq"] != expected or digest.hex() != record["hash"]:
+                    report.problems.append(f"chain {chain}: record {record['seq']} does not "
+                                           "match the chain: it was changed, moved or removed")
+                    break
+                previous, expected = digest, expected + 1
+                report.records += 1
+            else:
+                point = points[chain]
+                if (point["seq"] != expected - 1 or point["hash"] != previous.hex()
+                        or not hmac.compare_digest(keys.mac(MacKey.AUDIT, previous),
+                                                   bytes.fromhex(point["seal"]))):
+                    report.problems.append(f"chain {chain}: the run does not end at its "
+                                           "checkpoint, or the checkpoint is not this vault's")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        report.problems.append(f"not an audit export ({type(exc).__name__})")
+    return report
