@@ -195,16 +195,16 @@ class AuditService:
         for anchor in c.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
             anchors[anchor.chain] = (anchor.seq, anchor.hash)
         heads = {h.chain: h for h in c.execute(select(AuditHead))}
+        # where each chain's exportable run starts: after its anchor, or from genesis
+        starts = {chain: anchors.get(chain, (0, genesis(vault_id, chain)))
+                  for chain in sorted(heads)}
         out.write(json.dumps({"format": EXPORT_FORMAT, "vault_id": vault_id, "before": cutoff,
-                              "starts": {str(chain): {"after": anchors.get(chain, (0, b""))[0],
-                                                      "hash": (anchors[chain][1] if chain in
-                                                               anchors else genesis(vault_id,
-                                                                                    chain)).hex()}
-                                         for chain in sorted(heads)}}) + "\n")
+                              "starts": {str(chain): {"after": after, "hash": digest.hex()}
+                                         for chain, (after, digest) in starts.items()}}) + "\n")
         pruned: dict[int, int] = {}
         points = []
         for chain, head in sorted(heads.items()):
-            after = anchors.get(chain, (0, b""))[0]
+            after = starts[chain][0]
             newer = c.execute(select(func.min(AuditRecord.seq)).where(
                 AuditRecord.chain == chain, AuditRecord.seq > after,
                 AuditRecord.ts >= cutoff)).scalar_one_or_none()
