@@ -138,6 +138,75 @@ def test_without_psycopg_the_steps_name_the_extra(monkeypatch: pytest.MonkeyPatc
             step(ctx, NEW)
 
 
+# --- what every connection must prove before a password goes out ----------------------
+@pytest.fixture
+def clean_pg_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for variable in ("PGHOST", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LocalHost",
+                                  "/var/run/postgresql", "@abstract", "", "127.0.0.1,::1"])
+def test_on_this_machine_scram_is_required_whatever_the_uri_says(
+        clean_pg_env: pytest.MonkeyPatch, host: str) -> None:
+    params = {"host": host, "sslmode": "disable", "require_auth": "password,md5,none"}
+    assert pg_rotator._guarded(params, "here") == {
+        "host": host, "sslmode": "disable", "require_auth": "scram-sha-256"}
+
+
+@pytest.mark.parametrize("params", [
+    {"host": "db.internal"},
+    {"host": "10.0.0.5"},
+    {"host": "127.0.0.1,db.internal"},  # any one remote entry
+    {"host": "localhost", "hostaddr": "10.0.0.5"},  # hostaddr is where libpq connects
+    {"host": "127.0.0.1", "service": "prod"},  # a service file may name any host
+])
+def test_off_this_machine_tls_must_be_verified(clean_pg_env: pytest.MonkeyPatch,
+                                               params: dict[str, str]) -> None:
+    for mode in ("disable", "allow", "prefer", "require", "verify-ca"):
+        with pytest.raises(RotatorError, match=rf"db:5432 is not on this machine.*says "
+                                               rf"sslmode={mode}: use sslmode=verify-full"):
+            pg_rotator._guarded({**params, "sslmode": mode}, "db:5432")
+    guarded = pg_rotator._guarded(params, "db:5432")  # left out: verify-full, not prefer
+    assert (guarded["sslmode"], guarded["require_auth"]) == ("verify-full", "scram-sha-256")
+    assert pg_rotator._guarded({**params, "sslmode": "verify-full"}, "db:5432") == guarded
+
+
+def test_the_environment_decides_where_the_uri_is_silent(
+        clean_pg_env: pytest.MonkeyPatch) -> None:
+    assert "sslmode" not in pg_rotator._guarded({}, "x")  # the default socket
+    clean_pg_env.setenv("PGHOST", "db.internal")
+    assert pg_rotator._guarded({}, "x")["sslmode"] == "verify-full"
+    assert "sslmode" not in pg_rotator._guarded({"host": "127.0.0.1"}, "x")
+    clean_pg_env.setenv("PGHOSTADDR", "10.0.0.5")  # libpq takes it beside any host
+    assert pg_rotator._guarded({"host": "127.0.0.1"}, "x")["sslmode"] == "verify-full"
+    clean_pg_env.delenv("PGHOSTADDR")
+    clean_pg_env.setenv("PGSERVICE", "prod")
+    assert pg_rotator._guarded({"host": "127.0.0.1"}, "x")["sslmode"] == "verify-full"
+
+
+def test_a_libpq_without_require_auth_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"needs libpq 16 or newer .* libpq 15\.4"):
+        pg_rotator._libpq_check(150004)
+    pg_rotator._libpq_check(160000)
+    pg_rotator._libpq_check(psycopg.pq.version())  # the one these tests run with
+
+
+def test_a_remote_host_without_verified_tls_is_refused_before_connecting(
+        scram_postgres: ScramPostgres, role: Role, clean_pg_env: pytest.MonkeyPatch) -> None:
+    """The admin URI's sslmode=prefer is fine on loopback, not for a configured remote
+    host: the test login is refused before any connection is tried."""
+    ctx = context(scram_postgres, scram_postgres.admin_uri + "?sslmode=prefer")
+    rotator(role.name).test(ctx, OLD.encode())  # loopback: SCRAM alone
+    remote = rotator(role.name, host="db.invalid", port=5432)
+    for step in (remote.test, remote.invalidate):
+        with pytest.raises(RotatorError, match=r"db\.invalid:5432 is not on this machine.*"
+                                               r"sslmode=prefer") as caught:
+            step(ctx, OLD.encode())
+        assert_clean(caught.value, OLD, scram_postgres.superuser_password)
+
+
 # --- the SCRAM verifier ---------------------------------------------------------------
 @pytest.mark.parametrize("password", [
     "pencil",
@@ -277,11 +346,13 @@ def test_invalidate_recognises_a_refusal_in_any_language(
 
 def test_a_server_that_asks_no_password_is_not_taken_as_proof(
         scram_postgres: ScramPostgres) -> None:
+    """libpq (require_auth) refuses a login that skips SCRAM, and the error says so."""
     scram_postgres.create_role(TRUSTED_ROLE, OLD)  # pg_hba: trust for this role
     r, ctx = rotator(TRUSTED_ROLE), context(scram_postgres)
-    with pytest.raises(RotatorError, match="without asking for a password"):
+    refused = r"did not complete authentication; no password was sent: .*scram-sha-256"
+    with pytest.raises(RotatorError, match=f"could not log in .*{refused}"):
         r.test(ctx, NEW)
-    with pytest.raises(RotatorError, match="without a password"):
+    with pytest.raises(RotatorError, match=f"could not check the previous .*{refused}"):
         r.invalidate(ctx, OLD.encode())
 
 

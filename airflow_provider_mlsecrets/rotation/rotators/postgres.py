@@ -9,6 +9,15 @@ password (only salted, 4096-times-iterated keys).
 PostgreSQL keeps one password per role, so the old password stops working the moment
 ``set`` runs; ``invalidate`` only checks that it really does.
 
+Every connection (the admin's and each login as the role) is made with libpq's
+``require_auth=scram-sha-256``: libpq then refuses a server that asks for a cleartext or MD5
+password, or lets the client in unauthenticated, or ends SCRAM without proving that it holds
+the verifier (its ServerSignature), before any password, or anything sent after login, leaves
+this process. A fake server on the configured host therefore learns no password. Off
+loopback the connection must also verify the server's TLS certificate
+(``sslmode=verify-full``), so no one on the network can stand in for the server. Neither
+rule can be switched off from the configuration.
+
 psycopg (v3) is optional: ``pip install airflow-provider-mlsecrets[postgres]``.
 """
 
@@ -17,6 +26,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import os
 import re
 import secrets
 import string
@@ -50,6 +61,11 @@ MISSING_PSYCOPG = ("the postgres rotator needs psycopg 3: "
 ADMIN_ONLY = frozenset({"user", "password", "passfile", "sslcert", "sslkey", "sslpassword",
                         "service"})
 REDACTED = "[redacted]"
+#: libpq refuses any server that does not complete SCRAM-SHA-256 (cleartext, md5, trust...).
+REQUIRE_AUTH = "scram-sha-256"
+LIBPQ_WITH_REQUIRE_AUTH = 160000  # require_auth came with libpq 16
+#: libpq's words for a server refused by ``require_auth``, or caught faking SCRAM.
+AUTH_REFUSED = ("authentication method requirement", "incorrect server signature")
 
 
 # --- SCRAM-SHA-256 --------------------------------------------------------------------
@@ -94,6 +110,76 @@ def scram_sha256_verifier(password: str, *, salt: bytes | None = None,
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+# --- what a connection must prove before a password goes out ---------------------------
+def _where(params: Mapping[str, str]) -> str:
+    """``host:port`` for messages (never a user or password)."""
+    host = params.get("host") or params.get("hostaddr") or "the default host"
+    return f"{host}:{params.get('port') or 5432}"
+
+
+def _is_local(entry: str) -> bool:
+    """A libpq host entry that stays on this machine: a socket directory, the default
+    socket (empty), ``localhost`` or a loopback address."""
+    entry = entry.strip()
+    if not entry or entry.startswith(("/", "@")) or entry.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(entry).is_loopback
+    except ValueError:
+        return False
+
+
+def _stays_local(params: Mapping[str, str]) -> bool:
+    """Whether every place libpq may connect to is on this machine. A setting the
+    parameters leave out comes from the environment (``PGHOST``, ``PGHOSTADDR``), and a
+    service file can name any host, so a service counts as remote."""
+    if params.get("service") or os.environ.get("PGSERVICE"):
+        return False
+    entries: list[str] = []
+    for key, variable in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR")):
+        value = params.get(key) or os.environ.get(variable) or ""
+        entries.extend(value.split(","))
+    return all(_is_local(entry) for entry in entries)
+
+
+def _guarded(params: Mapping[str, str], where: str) -> dict[str, str]:
+    """``params`` as every connection of this rotator must use them: SCRAM-SHA-256 to the
+    end (whatever the URI says about ``require_auth``) and, off this machine, a verified
+    TLS certificate. A URI that asks for less off loopback is refused, not upgraded
+    silently, so the operator learns that it was unsafe."""
+    guarded = {**params, "require_auth": REQUIRE_AUTH}
+    if _stays_local(guarded):
+        return guarded
+    mode = guarded.get("sslmode")
+    if mode is None:
+        guarded["sslmode"] = "verify-full"
+    elif mode != "verify-full":
+        raise RotatorError(
+            f"postgres rotator: {where} is not on this machine, so the connection must verify "
+            f"the server's TLS certificate, but the admin URI says sslmode={mode}: use "
+            "sslmode=verify-full (with sslrootcert=<CA file> or sslrootcert=system)")
+    return guarded
+
+
+def _refusal_hint(reason: str) -> str:
+    """What to do about a server that would not prove it knows the verifier."""
+    if not any(words in reason for words in AUTH_REFUSED):
+        return ""
+    return ("; no password was sent: only a server that completes SCRAM-SHA-256 gets one "
+            "(pg_hba.conf method scram-sha-256, not trust, peer, password or md5); check that "
+            "this is the real server")
+
+
+def _libpq_check(version: int) -> None:
+    """Refuse a libpq without ``require_auth`` (``version`` as ``PQlibVersion`` gives it):
+    it would answer a cleartext password request."""
+    if version < LIBPQ_WITH_REQUIRE_AUTH:
+        raise ConfigurationError(
+            f"the postgres rotator needs libpq 16 or newer (for require_auth), but psycopg "
+            f"uses libpq {version // 10000}.{version % 10000}: install psycopg[binary] "
+            "(which bundles a current libpq) or upgrade the system libpq")
+
+
 # --- talking to the server (the only code that imports psycopg) -----------------------
 @dataclass(frozen=True)
 class _Login:
@@ -118,16 +204,19 @@ def _reason(exc: Exception) -> str:
 
 
 def _try_login(params: Mapping[str, str], user: str, password: str, timeout: int) -> _Login:
-    """Log in as ``user`` with ``password`` and run ``SELECT 1``."""
+    """Log in as ``user`` with ``password`` (SCRAM only: see :func:`_guarded`) and run
+    ``SELECT 1``."""
     try:
         import psycopg
         from psycopg.conninfo import make_conninfo
     except ImportError:
         raise ConfigurationError(MISSING_PSYCOPG) from None
+    _libpq_check(psycopg.pq.version())
+    guarded = _guarded({**params, "user": user, "password": password,
+                        "connect_timeout": str(timeout)}, _where(params))
     try:
-        conninfo = make_conninfo("", **params)
-        with psycopg.connect(conninfo, user=user, password=password,
-                             connect_timeout=timeout, autocommit=True) as conn:
+        conninfo = make_conninfo("", **guarded)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
             used = bool(conn.pgconn.used_password)
             row = conn.execute("SELECT 1").fetchone()
             if row is None or row[0] != 1:
@@ -139,24 +228,30 @@ def _try_login(params: Mapping[str, str], user: str, password: str, timeout: int
                       getattr(exc, "sqlstate", None))
 
 
-def _alter_password(admin_uri: str, role: str, verifier: str, timeout: int) -> str | None:
-    """``ALTER ROLE role WITH PASSWORD 'verifier'`` as the admin; why it failed, or None.
+def _alter_password(admin: Mapping[str, str], role: str, verifier: str,
+                    timeout: int) -> str | None:
+    """``ALTER ROLE role WITH PASSWORD 'verifier'`` as the admin (``admin``: the parsed
+    admin URI; SCRAM only, see :func:`_guarded`); why it failed, or None.
 
     A literal, not a query parameter: ALTER ROLE is a utility statement, which takes no
     server-side parameters (``$1``)."""
     try:
         import psycopg
         from psycopg import sql
+        from psycopg.conninfo import make_conninfo
     except ImportError:
         raise ConfigurationError(MISSING_PSYCOPG) from None
+    _libpq_check(psycopg.pq.version())
+    guarded = _guarded({**admin, "connect_timeout": str(timeout)}, _where(admin))
     statement = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
         sql.Identifier(role), sql.Literal(verifier))
     failure: str | None = None
     try:
-        with psycopg.connect(admin_uri, connect_timeout=timeout, autocommit=True) as conn:
+        with psycopg.connect(make_conninfo("", **guarded), autocommit=True) as conn:
             conn.execute(statement)
     except psycopg.Error as exc:
         failure = _reason(exc)
+        failure += _refusal_hint(failure)
     return failure
 
 
@@ -270,11 +365,6 @@ class PostgresRotator(Rotator):
         return params
 
     @staticmethod
-    def _where(params: Mapping[str, str]) -> str:
-        host = params.get("host") or params.get("hostaddr") or "the default host"
-        return f"{host}:{params.get('port') or 5432}"
-
-    @staticmethod
     def _fail(ctx: RotationContext, message: str, *known: str) -> RotatorError:
         current = (ctx.current or b"").decode("utf-8", "replace")
         return RotatorError(_scrub(f"postgres rotator: {message}", (*known, current)))
@@ -292,25 +382,27 @@ class PostgresRotator(Rotator):
         password = _text(pending, "pending password")
         admin = self._admin(ctx)
         verifier = scram_sha256_verifier(password)
-        failure = _alter_password(admin.uri, self.role, verifier, self.connect_timeout)
+        failure = _alter_password(admin.params, self.role, verifier, self.connect_timeout)
         if failure is not None:
             who = admin.params.get("user", "the admin user")
             raise self._fail(
                 ctx, f"could not set the password of role {self.role!r} at "
-                f"{self._where(admin.params)} as {who!r}: {failure}",
+                f"{_where(admin.params)} as {who!r}: {failure}",
                 password, verifier, *admin.secrets)
 
     def test(self, ctx: RotationContext, pending: bytes) -> None:
-        """Log in as the role with ``pending``. A server that let the role in without
-        asking for a password (trust, peer) proves nothing, so that fails too."""
+        """Log in as the role with ``pending``. Only a server that completes SCRAM proves
+        anything (and gets no password otherwise); a login without a password (trust, peer)
+        is refused by libpq, and checked here again."""
         password = _text(pending, "pending password")
         admin = self._admin(ctx)
         target = self._target(admin)
         login = _try_login(target, self.role, password, self.connect_timeout)
-        where = self._where(target)
+        where = _where(target)
         if not login.ok:
             raise self._fail(ctx, f"could not log in as role {self.role!r} at {where}: "
-                                  f"{login.reason}", password, *admin.secrets)
+                                  f"{login.reason}{_refusal_hint(login.reason)}",
+                             password, *admin.secrets)
         if not login.used_password:
             raise self._fail(
                 ctx, f"the server at {where} let role {self.role!r} in without asking for a "
@@ -325,7 +417,7 @@ class PostgresRotator(Rotator):
         password = _text(previous, "previous password")
         admin = self._admin(ctx)
         target = self._target(admin)
-        where = self._where(target)
+        where = _where(target)
         known = (password, *admin.secrets)
         login = _try_login(target, self.role, password, self.connect_timeout)
         if login.ok and login.used_password:
@@ -337,6 +429,10 @@ class PostgresRotator(Rotator):
                 ctx, f"the server at {where} lets role {self.role!r} in without a password "
                 "(trust or peer in pg_hba.conf?), so no password of it can be revoked",
                 *known)
+        if _refusal_hint(login.reason):
+            raise self._fail(
+                ctx, f"could not check the previous password of role {self.role!r} at "
+                f"{where}: {login.reason}{_refusal_hint(login.reason)}", *known)
         if login.sqlstate == "28P01" or (
                 login.used_password and "password authentication failed" in login.reason):
             return
