@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +212,36 @@ def test_connection_failure(key_service: KeyService) -> None:
     rotator = HttpRotator(key_service.rotator_config(test_url=f"http://127.0.0.1:{port}/x"))
     raises_clean(key_service, lambda: rotator.test(context(), b"some-key"), "some-key",
                  match=r"test: GET http://127\.0\.0\.1:\d+/x failed \(ConnectError\)")
+
+
+def test_a_service_that_never_answers_times_out_once(key_service: KeyService) -> None:
+    """A listener that accepts and stays silent: the call ends at ``timeout``, with a
+    message that says so (the dripping service is in tests/attacks)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        rotator = HttpRotator(key_service.rotator_config(
+            test_url=f"http://127.0.0.1:{port}/whoami", timeout=1))
+        began = time.monotonic()
+        raises_clean(key_service, lambda: rotator.test(context(), b"some-key"), "some-key",
+                     match=r"test: GET http://127\.0\.0\.1:\d+/whoami did not finish "
+                           r"within 1 s \(the 'timeout' setting bounds the whole call")
+        assert time.monotonic() - began < 3
+
+
+def test_the_deadline_leaves_nothing_running(key_service: KeyService) -> None:
+    """Each call's timer ends with the call: many quick calls leave no thread behind."""
+    def timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+    rotator = HttpRotator(key_service.rotator_config(timeout=1))
+    for _ in range(20):
+        rotator.test(context(), b"initial")
+    stop = time.monotonic() + 0.9  # before the first deadline would have fired
+    while timers() and time.monotonic() < stop:
+        time.sleep(0.01)
+    assert timers() == []
+    time.sleep(0.5)  # past every deadline: nothing fires on a finished call
+    rotator.test(context(), b"initial")
 
 
 def test_error_messages_omit_the_query_string(key_service: KeyService) -> None:

@@ -8,6 +8,10 @@ before the next step, so a resumed rotation reuses that key rather than issuing 
 service. A crash between the service's answer and the engine's write leaves a key no one
 holds: it grants nothing, but it stays listed at the service until revoked there.
 
+Every call ends within the configured ``timeout``, counted once for the whole call
+(connect, send, headers, body): httpx's timeouts bound each read, so a service that sends one
+byte just before each read times out would otherwise hold a call for ever.
+
 Errors name the step, the method, the URL without its query string and the status code or
 exception type. They never hold a key and never the response body (a service may echo the
 key it was sent), and they are raised outside ``except`` blocks so no chained exception
@@ -16,9 +20,13 @@ key it was sent), and they are raised outside ``except`` blocks so no chained ex
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, NoReturn
 
 import httpx
@@ -70,6 +78,63 @@ def _endpoint(config: Mapping[str, Any], key: str) -> _Endpoint:
     return _Endpoint(raw, shown, loopback=url.scheme == "http")
 
 
+class _Deadline:
+    """Ends one HTTP call at a fixed time, whatever the server does.
+
+    httpx has no overall deadline, and a blocked read cannot be cancelled from its own
+    thread. So httpx's trace hook hands over each socket it connects (a duplicate of its
+    descriptor is kept), and a timer shuts that socket down when time is up: the waiting
+    read or write wakes at once with an error, and :attr:`expired` says why."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._done = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpx's ``trace`` extension: keep every socket the call connects."""
+        if not event.endswith("connect_tcp.complete"):
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        kept = sock.dup()  # the same connection, whatever httpcore does with its descriptor
+        with self._lock:
+            self._sockets.append(kept)
+            if self.expired or self._done:
+                self._shut(kept)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed by the peer
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _usable(text: str) -> bool:
     """A key we can send as a bearer token and store: HTTP strips surrounding blanks and
     rejects control characters, so such a key would not be the key the service meant."""
@@ -99,6 +164,7 @@ class HttpRotator(Rotator):
     may issue and revoke; without it the current key is used), ``timeout`` (seconds,
     default 10, from 1 to 120), ``key_field`` (the issue response's field holding the key,
     default ``key``) and ``revoke_field`` (the revoke request's field, default ``key``).
+    ``timeout`` bounds each call as a whole, not each read.
 
     Redirects are never followed: a redirected request would carry the key to a place the
     policy does not name, so a redirect is an error (configure the final URL)."""
@@ -190,28 +256,41 @@ class HttpRotator(Rotator):
 
     def _call(self, step: str, method: str, endpoint: _Endpoint, headers: dict[str, str], *,
               body: dict[str, str] | None = None, read: bool = False) -> tuple[int, bytes]:
-        """Send one request and return its status (and, with ``read``, its bounded body).
+        """Send one request and return its status (and, with ``read``, its bounded body),
+        all within ``timeout`` seconds (see :class:`_Deadline`).
 
         Plain http:// goes only to loopback, where the environment's proxy settings must
         not apply (a proxy would see the key in clear), so ``trust_env`` is off for it."""
         failure: str | None = None
+        timed_out = False
         status = 0
         chunks: list[bytes] = []
         size = 0
-        try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False,
-                              trust_env=not endpoint.loopback) as client, \
-                    client.stream(method, endpoint.url, headers=headers, json=body) as response:
-                status = response.status_code
-                if read and _ok(status):
-                    for chunk in response.iter_bytes():
-                        size += len(chunk)
-                        if size > MAX_RESPONSE_BYTES:
-                            failure = f"response larger than {MAX_RESPONSE_BYTES} bytes"
-                            break
-                        chunks.append(chunk)
-        except Exception as exc:  # any failure: only its type may be reported
-            failure = type(exc).__name__
+        with _Deadline(self.timeout) as deadline:
+            try:
+                with httpx.Client(timeout=self.timeout, follow_redirects=False,
+                                  trust_env=not endpoint.loopback) as client, \
+                        client.stream(method, endpoint.url, headers=headers, json=body,
+                                      extensions={"trace": deadline.trace}) as response:
+                    status = response.status_code
+                    if read and _ok(status):
+                        for chunk in response.iter_bytes():
+                            size += len(chunk)
+                            if size > MAX_RESPONSE_BYTES:
+                                failure = f"response larger than {MAX_RESPONSE_BYTES} bytes"
+                                break
+                            chunks.append(chunk)
+            except httpx.TimeoutException:
+                timed_out = True
+            except Exception as exc:  # any failure: only its type may be reported
+                failure = type(exc).__name__
+            timed_out = timed_out or deadline.expired
+        if timed_out:
+            raise RotatorError(
+                f"http rotator: {step}: {method} {endpoint.shown} did not finish within "
+                f"{self.timeout} s (the 'timeout' setting bounds the whole call: connect, "
+                "send, headers and body); check that the service is up and answers promptly"
+            ) from None
         if failure is not None:
             raise RotatorError(
                 f"http rotator: {step}: {method} {endpoint.shown} failed ({failure})") from None
