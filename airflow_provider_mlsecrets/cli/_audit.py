@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlsecrets._files import private_file, write_private
-from airflow_provider_mlsecrets.audit.checkpoint import Checkpoint
+from airflow_provider_mlsecrets._files import private_file
+from airflow_provider_mlsecrets.audit.publish import destination, read_checkpoint
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.cli._output import write_lines
 from airflow_provider_mlsecrets.durations import parse_moment
@@ -41,14 +41,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                             help="every matching record as JSON lines")
     export.set_defaults(handler=_export)
     verify = sub.add_parser("verify", parents=[common], help="prove the trail was not altered")
-    verify.add_argument("--checkpoint", type=Path, metavar="FILE",
-                        help="also prove the tail was not cut off since this checkpoint")
+    verify.add_argument("--checkpoint", metavar="FILE|URL",
+                        help="also prove the tail was not cut off since this checkpoint (a "
+                             "path, or an object-storage URL such as s3://bucket/cp.json)")
     verify.add_argument("--all-seals", action="store_true",
                         help="check every record's HSM seal, not only the newest")
     verify.set_defaults(handler=_verify)
     checkpoint = sub.add_parser("checkpoint", parents=[common],
                                 help="verify, then write a checkpoint to keep elsewhere")
-    checkpoint.add_argument("--out", type=Path, required=True, metavar="FILE")
+    checkpoint.add_argument("--out", required=True, metavar="FILE|URL",
+                            help="a new file: a path (written 0600) or an object-storage URL "
+                                 "(file://, s3://, gs://, …); an existing one is refused")
     checkpoint.set_defaults(handler=_checkpoint)
     prune = sub.add_parser("prune", parents=[common],
                            help="move records older than a moment out to a verifiable file")
@@ -83,7 +86,7 @@ def _export(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _verify(args: argparse.Namespace, ctx: Context) -> None:
-    checkpoint = Checkpoint.read(args.checkpoint) if args.checkpoint else None
+    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
     total = ctx.vault.audit.count(ctx.caller)
     with ctx.output.progress("verifying the audit trail", total) as advance:
         report = ctx.vault.audit.verify(ctx.caller, checkpoint=checkpoint,
@@ -97,11 +100,12 @@ def _verify(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _checkpoint(args: argparse.Namespace, ctx: Context) -> None:
+    out = destination(args.out)  # a bad URL or an existing name fails before anything runs
     point = ctx.vault.audit.checkpoint(ctx.caller)
-    write_private(args.out, point.to_json(), mode=0o644)  # public data, but whole or absent
+    out.write(point)
     where = ", ".join(f"chain {c.chain} at record {c.seq}" for c in point.chains)
-    ctx.output.message(f"checkpoint written to {args.out} ({where}); keep it away from the "
-                       "database", json.loads(point.to_json()))
+    ctx.output.message(f"checkpoint written to {out.display} ({where}); keep it away from "
+                       "the database", json.loads(point.to_json()))
 
 
 def _prune(args: argparse.Namespace, ctx: Context) -> None:
