@@ -1,12 +1,18 @@
 """The rotation DAG through ``airflow dags test``: due secrets rotated as mapped tasks, the
 others left alone, asset events for ``mlsecrets://PATH`` in Airflow's metadata database, the
-summary in the log, and a run that fails loudly when the audit chain was altered."""
+summary in the log, a checkpoint published outside the database every run, and a run that
+fails loudly when the audit chain was altered."""
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
+import stat
 import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -40,8 +46,8 @@ def rotation_env(airflow_env: AirflowEnv) -> AirflowEnv:
     return airflow_env
 
 
-def run_rotation(air: AirflowEnv) -> subprocess.CompletedProcess[str]:
-    return air.run("dags", "test", "mlsecrets_rotation", AIRFLOW__CORE__PARALLELISM="1")
+def run_rotation(air: AirflowEnv, **env: str) -> subprocess.CompletedProcess[str]:
+    return air.run("dags", "test", "mlsecrets_rotation", AIRFLOW__CORE__PARALLELISM="1", **env)
 
 
 def test_the_dag_rotates_what_is_due_emits_asset_events_and_verifies(
@@ -57,6 +63,8 @@ def test_the_dag_rotates_what_is_due_emits_asset_events_and_verifies(
     assert [v.version for v in vault.secrets.versions(admin, LATER)] == [1]
     assert "rotation summary:" in output and "audit chain verified" in output
     assert "rotated        2  rot/api_token, rot/webhook_secret" in output
+    assert "audit checkpoints are not being published: set MLSECRETS_AUDIT_CHECKPOINT_URL" \
+        in output
     assert f"skipped        1  {LATER}" in output
     records = [r for r in vault.audit.tail(admin, 200) if r.principal == "rotation-dag"]
     actions = {r.action for r in records}
@@ -90,6 +98,51 @@ def test_the_dag_rotates_the_key_encryption_key_on_its_cadence(
     assert "key rotated True" in got.stdout + got.stderr
     for path in [*DUE, LATER]:
         assert vault.secrets.read(admin, path)
+
+
+def make_due(air: AirflowEnv, path: str) -> None:
+    policy = RotationPolicy(schedule="30d", rotator="random", config={"length": 40})
+    air.vault.secrets.put(air.admin, path, b"first")
+    air.vault.rotation.set_policy(air.admin, path, policy,
+                                  next_due=utcnow() - timedelta(seconds=1))
+
+
+def versions(air: AirflowEnv, path: str) -> list[int]:
+    return [v.version for v in air.vault.secrets.versions(air.admin, path)]
+
+
+def test_the_dag_publishes_a_checkpoint_that_verify_accepts(rotation_env: AirflowEnv,
+                                                            tmp_path: Path) -> None:
+    folder = tmp_path / "published"  # created by the first publish
+    make_due(rotation_env, "rot/published")
+    got = run_rotation(rotation_env, MLSECRETS_AUDIT_CHECKPOINT_URL=f"file://{folder}/")
+    output = got.stdout + got.stderr
+    assert got.returncode == 0, output[-4000:]
+    assert versions(rotation_env, "rot/published") == [1, 2]
+    [name] = os.listdir(folder)
+    assert re.fullmatch(r"checkpoint-\d{8}T\d{6}\.\d{6}Z\.json", name)
+    assert f"audit checkpoint published to file://{folder}/{name}" in output
+    assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    verified = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_mlsecrets.cli.main", "audit", "verify",
+         "--checkpoint", str(folder / name)],
+        env=rotation_env.env, capture_output=True, text=True, timeout=120, check=False)
+    assert verified.returncode == 0, verified.stderr
+    assert "checkpoint matched" in verified.stdout
+    records = [r for r in rotation_env.vault.audit.tail(rotation_env.admin, 50)
+               if r.action == "audit.checkpoint"]
+    assert records and records[-1].principal == "rotation-dag"
+
+
+def test_a_checkpoint_that_cannot_be_published_fails_the_task_not_the_rotations(
+        rotation_env: AirflowEnv) -> None:
+    make_due(rotation_env, "rot/unpublished")
+    got = run_rotation(rotation_env, MLSECRETS_AUDIT_CHECKPOINT_URL="nosuch://bucket/cp/")
+    output = got.stdout + got.stderr
+    assert got.returncode != 0
+    assert "AUDIT CHECKPOINT NOT PUBLISHED: nosuch://bucket/cp/" in output
+    assert "audit chain verified" in output
+    assert versions(rotation_env, "rot/unpublished") == [1, 2]  # the rotation stands
 
 
 def test_the_dag_fails_loudly_on_an_altered_audit_trail(rotation_env: AirflowEnv) -> None:

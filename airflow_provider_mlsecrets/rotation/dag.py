@@ -1,6 +1,7 @@
 """The rotation DAG: find what is due, rotate each secret as its own mapped task (with
 retries that resume where a failure stopped), rotate the key-encryption key on its own
-cadence, apply retention, and end by verifying the audit chain.
+cadence, apply retention, and end by verifying the audit chain and publishing a checkpoint of
+it outside the database (``MLSECRETS_AUDIT_CHECKPOINT_URL``).
 
 Every finished rotation emits an asset event for ``mlsecrets://PATH`` (through the asset
 alias :data:`ROTATED`), so a DAG scheduled on :func:`secret_asset` runs, or refreshes its
@@ -16,8 +17,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetAlias, dag, task
 
+from airflow_provider_mlsecrets.audit.publish import CheckpointStoreError, in_folder
 from airflow_provider_mlsecrets.durations import parse_duration
-from airflow_provider_mlsecrets.errors import IntegrityError, RotationBusy
+from airflow_provider_mlsecrets.errors import IntegrityError, MLSecretsError, RotationBusy
 
 ROTATED = "mlsecrets-rotated"
 KINDS = ("rotated", "invalidated", "cancelled", "failed", "busy", "skipped")
@@ -59,7 +61,8 @@ def create_rotation_dag(
         rotating principal's ``token_file`` (a ``rotator`` principal with ``rotate`` and
         ``list`` on the paths it rotates, ``inject`` on the credentials its rotators use,
         and ``rotate``, ``list`` and ``audit`` on ``**`` for the key and the audit check);
-        if it does not exist, the ``MLSECRETS_*`` environment does.
+        if it does not exist, the ``MLSECRETS_*`` environment does. Its
+        ``audit_checkpoint_url`` setting names the folder each run publishes a checkpoint to.
     """
     kek_age = parse_duration(kek_every) if kek_every else None
 
@@ -129,12 +132,24 @@ def create_rotation_dag(
                                            + "; ".join(problems))
             summary["audit"] = {"ok": True, "records": report.records}
             log.info("audit chain verified: %d records", report.records)
-            if summary["failed"]:  # the run fails too, not only the mapped task
+            failures, retry = [], False
+            try:
+                summary["checkpoint"] = publish_checkpoint(vault, caller)
+            except IntegrityError as exc:  # the trail changed since it was verified
                 from airflow.exceptions import AirflowFailException
 
-                raise AirflowFailException(f"{len(summary['failed'])} rotation(s) failed: "
-                                   f"{', '.join(summary['failed'])}; their current versions "
-                                   "are unchanged, the next run resumes them")
+                raise AirflowFailException(f"AUDIT CHAIN VERIFICATION FAILED: {exc}") from None
+            except MLSecretsError as exc:  # the rotations stand; this task shows the failure
+                failures.append(f"AUDIT CHECKPOINT NOT PUBLISHED: {exc}")
+                retry = isinstance(exc, CheckpointStoreError)  # a store may answer next time
+            if summary["failed"]:  # the run fails too, not only the mapped task
+                failures.append(f"{len(summary['failed'])} rotation(s) failed: "
+                                f"{', '.join(summary['failed'])}; their current versions "
+                                "are unchanged, the next run resumes them")
+            if failures:
+                from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+                raise (AirflowException if retry else AirflowFailException)("; ".join(failures))
             return summary
 
         due = find_due()
@@ -144,6 +159,23 @@ def create_rotation_dag(
 
     built: DAG = rotation()
     return built
+
+
+def publish_checkpoint(vault: Any, caller: Any) -> str | None:
+    """Take a checkpoint (the vault verifies the trail first) and write it as a new
+    ``checkpoint-<UTC time>.json`` in the folder ``MLSECRETS_AUDIT_CHECKPOINT_URL`` names;
+    returns where, or ``None`` when the setting is unset. A bad URL fails before the
+    checkpoint is taken."""
+    folder = vault.settings.audit_checkpoint_url
+    if not folder:
+        log.warning("audit checkpoints are not being published: set "
+                    "MLSECRETS_AUDIT_CHECKPOINT_URL to a folder URL (file:///srv/checkpoints/, "
+                    "s3://bucket/prefix/) to keep one outside the database every run")
+        return None
+    out = in_folder(folder)
+    out.write(vault.audit.checkpoint(caller))
+    log.info("audit checkpoint published to %s", out.display)
+    return out.display
 
 
 def summarise(due: Sequence[str], results: Iterable[Any],
