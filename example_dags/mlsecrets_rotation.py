@@ -3,7 +3,9 @@ and verifies the audit chain, hourly. Each rotated secret emits an asset event f
 ``mlsecrets://PATH``: schedule a DAG on ``secret_asset("PATH")`` to follow it.
 
 Configure the rotating principal (role ``rotator``) through the ``mlsecrets_rotation``
-connection's ``token_file`` extra, or ``MLSECRETS_TOKEN_FILE`` (see docs/rotation.md).
+connection's ``token_file`` extra, or ``MLSECRETS_TOKEN_FILE`` (see docs/rotation.md). Set
+``MLSECRETS_AUDIT_CHECKPOINT_URL`` to a folder URL (``s3://bucket/prefix/``, ``file:///…/``) to
+publish an audit checkpoint there every run.
 """
 
 from __future__ import annotations
