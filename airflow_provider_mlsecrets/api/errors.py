@@ -1,17 +1,15 @@
 """Our exceptions as HTTP answers. Messages are our own (they name paths and principals,
-never values); anything else is a 500 that says nothing about itself."""
+never values). Anything else is a 500 that says nothing about itself, answered by the
+hardening middleware (:mod:`.hardening`): an ``Exception`` handler here would run in
+Starlette's outermost middleware, which re-raises, so the server would log the traceback."""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from airflow_provider_mlsecrets import errors
-
-log = logging.getLogger(__name__)
 
 # most specific first
 STATUS: tuple[tuple[type[errors.MLSecretsError], int], ...] = (
@@ -52,9 +50,3 @@ def install(app: FastAPI) -> None:
         where = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
         return JSONResponse(body("InvalidInput", "invalid request: " + ", ".join(where), 2),
                             status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _other(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error in %s %s: %s", request.method, request.url.path,
-                  type(exc).__name__)
-        return JSONResponse(body("InternalError", "internal error", 1), status_code=500)

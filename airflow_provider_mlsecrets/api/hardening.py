@@ -1,14 +1,25 @@
-"""Limits and headers in front of every route: request size, per-caller rate, and response
-headers that keep values out of caches, frames and referrers."""
+"""Limits and headers in front of every route: where the request comes from (the socket's
+peer, see :mod:`.address`), request size, per-caller rate, failed authentications per
+address and in total (:mod:`.flood`), response headers that keep values out of caches,
+frames and referrers, and one log line (never a traceback) for an unexpected exception."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_mlsecrets.api.address import Network, Origin, origin
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.api.flood import FloodGuard
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,6 +36,12 @@ HEADERS = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 ]
 HSTS = (b"strict-transport-security", b"max-age=31536000")
+# what the layers of one request tell each other, in its ASGI scope
+ORIGIN = "mlsecrets.origin"  # the request's Origin (set here)
+KNOWN_GOOD = "mlsecrets.known_good"  # its credential authenticated lately (set here)
+AUTHENTICATING = "mlsecrets.authenticating"  # the route authenticates its caller (routes)
+RESERVED = "mlsecrets.reserved"  # it took a failure from the global budget (auth)
+ABSORBED = "mlsecrets.absorbed"  # a failure counted in the flood summary (auth)
 
 
 class RateLimiter:
@@ -50,11 +67,6 @@ class RateLimiter:
             return wait
 
 
-def _address(scope: Scope) -> bytes:
-    client = scope.get("client") or ("?", 0)
-    return str(client[0]).encode()
-
-
 def bearer_credential(scope: Scope) -> str | None:
     """The credential of an ``Authorization: Bearer …`` header, however it is spaced or
     cased; ``None`` without one. The one parser for every layer that reads it."""
@@ -73,12 +85,18 @@ def _credential(scope: Scope) -> bytes | None:
     return None if credential is None else hashlib.sha256(credential.encode()).digest()
 
 
-def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
-           ) -> Callable[[Send], Awaitable[None]]:
+def request_origin(scope: Scope) -> Origin:
+    """The :class:`Origin` the hardening found for this request (the bare socket peer if
+    the request did not pass through it)."""
+    found = scope.get(ORIGIN)
+    return found if isinstance(found, Origin) else origin(scope, ())
+
+
+def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None,
+           kind: str = "Refused") -> Callable[[Send], Awaitable[None]]:
     import json
 
-    payload = json.dumps({"error": "Refused", "message": message,
-                          "exit_code": 1}).encode()
+    payload = json.dumps({"error": kind, "message": message, "exit_code": 1}).encode()
 
     async def send_it(send: Send) -> None:
         await send({"type": "http.response.start", "status": status, "headers": [
@@ -92,12 +110,17 @@ def _reply(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = 
 class Hardening:
     """ASGI middleware: refuses bodies over ``max_body`` bytes with 413 (a body must declare
     its length; the server holds it to that), callers over their rate with 429 (per
-    credential, and per address for failed authentications), and adds :data:`HEADERS` to
-    every answer."""
+    credential, and per address for failed authentications), adds :data:`HEADERS` and an
+    ``X-Request-Id`` to every answer, and turns an unexpected exception into a 500 and one
+    log line. ``trusted`` gives the proxies whose forwarded headers are believed (called per
+    request, so the settings can load lazily); ``flood`` counts failed authentications
+    against the global ceiling."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, limiter: RateLimiter | None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, trusted: Callable[[], Sequence[Network]] = tuple,
+                 flood: FloodGuard | None = None) -> None:
         self.app, self.max_body, self.limiter, self.tls = app, max_body, limiter, tls
+        self.trusted, self.flood = trusted, flood
         # failed authentications, per address: fresh or mangled credentials buy no new
         # burst, and cannot flood the audit trail with denials
         self.failures = None if limiter is None else RateLimiter(
@@ -110,9 +133,35 @@ class Hardening:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        address, credential = _address(scope), _credential(scope)
+        request_id = uuid.uuid4().hex
+        tagged = [(b"x-request-id", request_id.encode())]
+        started = False
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), *HEADERS, *tagged,
+                                      *([HSTS] if self.tls else [])]
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, tagged_send)
+        except Exception as exc:
+            # the exception's type only: its text may hold anything, a value included; and
+            # never re-raised, or the server would log the whole traceback
+            log.error("mlsecrets: internal error (%s) in %s request %s", type(exc).__name__,
+                      scope.get("method", "?"), request_id)
+            if not started:
+                await _reply(500, "internal error", kind="InternalError")(tagged_send)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        where = origin(scope, self.trusted())
+        scope[ORIGIN] = where
+        address, credential = where.client.encode(), _credential(scope)
+        known_good = credential is not None and credential in self._good
+        scope[KNOWN_GOOD] = known_good
         if self.limiter is not None and self.failures is not None:
-            known_good = credential is not None and credential in self._good
             wait = (0.0 if known_good else self.failures.allow(address, spend=False)) or (
                 self.limiter.allow(b"a:" + credential) if credential is not None
                 else self.limiter.allow(b"c:" + address))
@@ -130,18 +179,34 @@ class Hardening:
             await _reply(413, f"the request is over {self.max_body} bytes")(send)
             return
 
-        async def secured_send(message: Message) -> None:
+        async def accounted_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS,
-                                      *([HSTS] if self.tls else [])]
-                status = message.get("status", 500)
-                if status == 401 and self.failures is not None:
-                    self.failures.allow(address)
-                elif status < 400 and credential is not None:
-                    self._remember(credential)
+                self._account(scope, message.get("status", 500), address, credential)
             await send(message)
 
-        await self.app(scope, receive, secured_send)
+        await self.app(scope, receive, accounted_send)
+
+    def _account(self, scope: Scope, status: int, address: bytes,
+                 credential: bytes | None) -> None:
+        """What an answer teaches the limits: a 401 spends the address's failure budget
+        (and the global one, if it took nothing from it before and the flood summary did
+        not count it) and forgets the credential; any other answer gives back what it took
+        from the global budget, and a success of a route that authenticates its caller
+        marks the credential good. A route that authenticates nobody (the schema) never
+        does."""
+        if status == 401:
+            if credential is not None:
+                self._good.pop(credential, None)
+            if self.failures is not None:
+                self.failures.allow(address)
+            if self.flood is not None and not scope.get(RESERVED) \
+                    and not scope.get(ABSORBED):
+                self.flood.take()
+            return
+        if self.flood is not None and scope.get(RESERVED):
+            self.flood.give_back()
+        if status < 400 and credential is not None and scope.get(AUTHENTICATING):
+            self._remember(credential)
 
     def _remember(self, credential: bytes) -> None:
         self._good[credential] = None

@@ -9,12 +9,13 @@ import binascii
 import builtins
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from airflow_provider_mlsecrets.api.hardening import AUTHENTICATING
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.plain import plain
@@ -23,25 +24,30 @@ from airflow_provider_mlsecrets.service.audit import AuditFilter
 
 Authenticate = Callable[[Request], Awaitable[Caller]]
 MAX_NAME = 256
+MAX_VERSION = 2**31 - 1  # the store's integer columns (PostgreSQL's integer)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Bodies: no unknown field; numbers and flags are JSON integers and booleans only
+    (``true`` is no version, ``2.0`` or ``"2"`` no integer) and in range, so nothing out of
+    range reaches the database and comes back as a 500."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ValueIn(_Strict):
     value_b64: str = Field(max_length=32 * 1024 * 1024)
-    cas: int | None = Field(default=None, ge=0)
+    cas: int | None = Field(default=None, ge=0, le=MAX_VERSION)
     description: str | None = Field(default=None, max_length=4096)
     owner: str | None = Field(default=None, max_length=MAX_NAME)
 
 
 class VersionIn(_Strict):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class DestroyIn(_Strict):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class VerifyIn(_Strict):
@@ -65,7 +71,17 @@ class UnsealIn(_Strict):
 class PrincipalIn(_Strict):
     name: str = Field(max_length=MAX_NAME)
     role: str = Field(max_length=64)
-    expires_at: datetime | None = None
+    # an ISO 8601 string with its offset (strict mode would take only datetime objects,
+    # which JSON has not); a naive time could not be compared with the vault's UTC clock
+    expires_at: AwareDatetime | None = Field(default=None, strict=False)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        try:
+            return None if value is None else value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("out of range") from None
 
 
 class GrantIn(_Strict):
@@ -89,7 +105,10 @@ def decode_value(text: str) -> bytes:
 
 
 async def current_caller(request: Request) -> Caller:
-    """The caller, as the app's authenticator (``app.state.authenticate``) sees it."""
+    """The caller, as the app's authenticator (``app.state.authenticate``) sees it. Marks
+    the request as one whose success proves its credential (the hardening then remembers
+    the credential as good); a route without this dependency proves nothing."""
+    request.scope[AUTHENTICATING] = True
     authenticate: Authenticate = request.app.state.authenticate
     return await authenticate(request)
 
