@@ -126,7 +126,7 @@ def create_rotation_dag(
             except IntegrityError as exc:
                 problems = [str(exc)]
             if problems:  # no retry: tampering does not heal
-                from airflow.exceptions import AirflowFailException
+                from airflow.sdk.exceptions import AirflowFailException
 
                 raise AirflowFailException("AUDIT CHAIN VERIFICATION FAILED: "
                                            + "; ".join(problems))
@@ -136,7 +136,7 @@ def create_rotation_dag(
             try:
                 summary["checkpoint"] = publish_checkpoint(vault, caller)
             except IntegrityError as exc:  # the trail changed since it was verified
-                from airflow.exceptions import AirflowFailException
+                from airflow.sdk.exceptions import AirflowFailException
 
                 raise AirflowFailException(f"AUDIT CHAIN VERIFICATION FAILED: {exc}") from None
             except MLSecretsError as exc:  # the rotations stand; this task shows the failure
