@@ -9,14 +9,17 @@ needed and never appear in ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 
-from airflow_provider_mlsecrets.errors import ConfigurationError
+from airflow_provider_mlsecrets.durations import parse_duration
+from airflow_provider_mlsecrets.errors import ConfigurationError, InvalidInput
 
 CONFIG_FILE = "config.json"
 DEFAULT_TOKEN_LABEL = "mlsecrets"  # noqa: S105 - the HSM token's label # nosec B105
@@ -26,6 +29,8 @@ DEFAULT_MAX_VERSIONS = 10
 DEFAULT_ROTATION_LEASE = 900
 DEFAULT_DATA_KEY_CACHE_TTL = 60
 DEFAULT_DATA_KEY_CACHE_USES = 1000
+DEFAULT_AUDIT_MARK_INTERVAL = 60
+DEFAULT_AUDIT_MIN_RETENTION = "30d"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 
 # setting name -> environment variable (and config.json key)
@@ -47,6 +52,10 @@ ENVIRONMENT = {
     "token_file": "MLSECRETS_TOKEN_FILE",  # nosec B105
     "url": "MLSECRETS_URL",
     "ca_file": "MLSECRETS_CA_FILE",
+    "trusted_proxies": "MLSECRETS_TRUSTED_PROXIES",
+    "audit_mark_interval": "MLSECRETS_AUDIT_MARK_INTERVAL",
+    "audit_min_retention": "MLSECRETS_AUDIT_MIN_RETENTION",
+    "audit_checkpoint_url": "MLSECRETS_AUDIT_CHECKPOINT_URL",
 }
 
 
@@ -71,6 +80,11 @@ class Settings:
     token_file: Path | None = None
     url: str | None = None
     ca_file: Path | None = None
+    # addresses (or networks) of proxies whose X-Forwarded-For / Forwarded is believed
+    trusted_proxies: tuple[str, ...] = ()
+    audit_mark_interval: int = DEFAULT_AUDIT_MARK_INTERVAL
+    audit_min_retention: str = DEFAULT_AUDIT_MIN_RETENTION
+    audit_checkpoint_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -98,6 +112,20 @@ class Settings:
         if not 1 <= self.data_key_cache_uses <= 1_000_000:
             raise ConfigurationError("MLSECRETS_DATA_KEY_CACHE_USES must be between 1 and "
                                      "1000000")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigurationError(
+                    f"MLSECRETS_TRUSTED_PROXIES: {proxy!r} is not an IP address or network "
+                    "(give a comma-separated list such as 10.0.0.5,10.1.0.0/16)") from None
+        if not 0 <= self.audit_mark_interval <= 86_400:
+            raise ConfigurationError("MLSECRETS_AUDIT_MARK_INTERVAL must be between 0 (after "
+                                     "every append) and 86400 seconds")
+        try:
+            self.min_audit_retention()
+        except InvalidInput as exc:
+            raise ConfigurationError(f"MLSECRETS_AUDIT_MIN_RETENTION: {exc}") from None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,
@@ -118,19 +146,28 @@ class Settings:
         raw = {name: merged.get(var) or None for name, var in ENVIRONMENT.items()}
         kwargs: dict[str, object] = {"home": home}
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"
-        for name in ("pkcs11_module", "pkcs11_pin", "token", "url"):
+        for name in ("pkcs11_module", "pkcs11_pin", "token", "url", "audit_checkpoint_url"):
             kwargs[name] = raw[name]
         for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file", "ca_file"):
             kwargs[name] = _resolve(home, raw[name])
-        for name in ("pkcs11_token", "key_prefix"):
+        for name in ("pkcs11_token", "key_prefix", "audit_min_retention"):
             if raw[name]:
                 kwargs[name] = raw[name]
+        if raw["trusted_proxies"]:
+            kwargs["trusted_proxies"] = tuple(
+                p.strip() for p in raw["trusted_proxies"].split(",") if p.strip())
         for name in ("max_value_bytes", "max_versions", "rotation_lease", "data_key_cache_ttl",
-                     "data_key_cache_uses"):
+                     "data_key_cache_uses", "audit_mark_interval"):
             value = raw[name]
             if value:
                 kwargs[name] = _integer(ENVIRONMENT[name], value)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    def min_audit_retention(self) -> timedelta:
+        """How young a record ``audit prune`` may not touch (``0``: no minimum)."""
+        if self.audit_min_retention.strip() == "0":
+            return timedelta(0)
+        return parse_duration(self.audit_min_retention)
 
     @property
     def lock_file(self) -> Path:
@@ -165,7 +202,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("home", "pkcs11_pin", "token", "token_file") or value is None:
                 continue
-            out[ENVIRONMENT[f.name]] = str(value)
+            out[ENVIRONMENT[f.name]] = (",".join(value) if isinstance(value, tuple)
+                                        else str(value))
         return out
 
 

@@ -73,12 +73,13 @@ def main() -> None:
             lambda: vault.secrets.read(admin, "bench/read"), args.n)),
     }
     with vault.core.transaction() as session:  # a large trail, appended in one transaction
+        vault_id = vault.core.vault_id(session)
         for i in range(args.records):
             audit_log.append(session, keys, Entry(
                 ts=format_ts(datetime.now(timezone.utc)), principal="bench", roles="pipeline",
                 action="secret.inject", path=f"bench/{i % 100}", version=1,
                 outcome=Outcome.ALLOWED.value, reason="grant of inject on bench/**",
-                request_id=str(uuid.uuid4()), context='{"dag_id":"bench"}'))
+                request_id=str(uuid.uuid4()), context='{"dag_id":"bench"}'), vault_id)
     start = time.perf_counter()
     report = vault.audit.verify(admin)
     elapsed = time.perf_counter() - start

@@ -52,6 +52,12 @@ class SoftKeys(KeyProvider):
     def check(self) -> None:
         raise NotImplementedError
 
+    def load_data(self, name: str) -> list[bytes]:
+        return []
+
+    def store_data(self, name: str, value: bytes) -> None:
+        raise NotImplementedError
+
 
 KEYS = SoftKeys()
 HEADS, RECORDS = cast(Table, AuditHead.__table__), cast(Table, AuditRecord.__table__)
@@ -141,3 +147,42 @@ def test_progress_every_thousand_records(engine: Engine) -> None:
     steps: list[int] = []
     report = check(engine, progress=steps.append)
     assert report.ok and report.records == 2500 and steps == [1000, 1000]
+
+
+# -- anchors and high-water marks: docs/formats.md 5.4, under the software key above -----
+KA_VAULT = "0b5e7b3e-0000-4000-8000-000000000001"
+KA_H1 = bytes.fromhex("fedd79935c298e1831125a9d40a5a0665b6eaf7591daaf2db71f464fcad57430")
+
+
+def test_the_anchor_seal_is_over_its_own_documented_encoding() -> None:
+    from airflow_provider_mlsecrets.audit import anchor
+
+    request = "00000000-0000-4000-8000-0000000000aa"
+    assert anchor.body(KA_VAULT, 1, 1, KA_H1, request).hex() == (
+        "000000196d6c736563726574732d61756469742d616e63686f722d7631"
+        "0000002430623565376233652d303030302d343030302d383030302d303030303030303030303031"
+        "000000080000000000000001" "000000080000000000000001"
+        "00000020fedd79935c298e1831125a9d40a5a0665b6eaf7591daaf2db71f464fcad57430"
+        "0000002430303030303030302d303030302d343030302d383030302d303030303030303030306161")
+    seal = anchor.seal(KEYS, KA_VAULT, 1, 1, KA_H1, request)
+    assert seal.hex() == "aed6b282c6234f9dd19dfb3a2e2b7d3fbacdf56f017a6ba361e85fe7b17e08e6"
+    # a record's seal over the same hash is a different value: it cannot stand in
+    assert KEYS.mac(MacKey.AUDIT, KA_H1) != seal
+    assert anchor.sealed(KEYS, KA_VAULT, 1, 1, KA_H1, request, seal)
+    assert not anchor.sealed(KEYS, KA_VAULT, 1, 1, KA_H1, None, seal)
+    assert not anchor.sealed(KEYS, KA_VAULT, 2, 1, KA_H1, request, seal)
+
+
+def test_the_mark_is_over_its_own_documented_encoding() -> None:
+    from airflow_provider_mlsecrets.audit import mark
+
+    at = "2026-01-02T03:04:06.000000Z"
+    body = mark.body(KA_VAULT, mark.Mark(chain=1, generation=7, seq=1, hash=KA_H1, at=at))
+    assert body.hex() == (
+        "000000176d6c736563726574732d61756469742d6d61726b2d7631"
+        "0000002430623565376233652d303030302d343030302d383030302d303030303030303030303031"
+        "000000080000000000000001" "000000080000000000000007" "000000080000000000000001"
+        "00000020fedd79935c298e1831125a9d40a5a0665b6eaf7591daaf2db71f464fcad57430"
+        "0000001b323032362d30312d30325430333a30343a30362e3030303030305a")
+    assert KEYS.mac(MacKey.AUDIT, body).hex() == (
+        "716f329bb4c148e782d63298735231e6512ab2681172f5cddfaa18d27e06ca66")

@@ -59,7 +59,7 @@ def test_a_backup_restored_into_an_empty_postgres_reads_back_every_secret(
         assert value not in raw  # ciphertexts and wrapped keys only
     with empty_postgres() as url:
         restored = Vault(dataclasses.replace(env.settings, db_url=url))
-        info = restored.backups.restore(backup)
+        info = restored.backups.restore(backup, accept_rollback=True)  # its own record
         assert info.audit_ok and info.rows["mlsecrets_secrets"] == len(VALUES) + 2
         for path, value in VALUES.items():
             assert restored.secrets.read(env.admin, path) == value
@@ -87,7 +87,7 @@ def test_a_backup_restores_into_sqlite_too(env: Env, tmp_path: Path) -> None:
     backup = take_backup(env, tmp_path)
     restored = Vault(dataclasses.replace(
         env.settings, db_url=f"sqlite:///{tmp_path / 'restored.db'}"))
-    restored.backups.restore(backup)
+    restored.backups.restore(backup, accept_rollback=True)
     assert {p: restored.secrets.read(env.admin, p) for p in VALUES} == VALUES
 
 
@@ -161,7 +161,11 @@ def test_the_cli_backs_up_and_restores(env: Env, tmp_path: Path,
     assert main(["backup", "--out", str(tmp_path / "cli.backup")]) == 0
     assert "rows written" in capsys.readouterr().out
     monkeypatch.setenv("MLSECRETS_DB_URL", f"sqlite:///{tmp_path / 'cli-restored.db'}")
-    assert main(["--json", "restore", "--in", str(tmp_path / "cli.backup")]) == 0
+    # the backup's own record is newer than the backup: restoring it is a rollback
+    assert main(["--json", "restore", "--in", str(tmp_path / "cli.backup")]) == 5
+    assert "--accept-rollback" in capsys.readouterr().err
+    assert main(["--json", "restore", "--in", str(tmp_path / "cli.backup"),
+                 "--accept-rollback"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["audit_ok"] is True and result["rows"]["mlsecrets_secrets"] == len(VALUES) + 2
     assert main(["restore", "--in", str(tmp_path / "cli.backup")]) == 2  # not empty any more
@@ -199,7 +203,7 @@ def test_what_is_loaded_is_what_was_checked(env: Env, tmp_path: Path,
 
     monkeypatch.setattr(BackupService, "_copy_and_check", swap_after_check)
     restored = Vault(dataclasses.replace(env.settings, db_url=f"sqlite:///{tmp_path / 'r.db'}"))
-    restored.backups.restore(after)
+    restored.backups.restore(after, accept_rollback=True)
     with pytest.raises(AccessDenied, match="revoked"):
         restored.secrets.inject(etl, "ml/team0/key0")
 
@@ -209,7 +213,7 @@ def test_restore_refuses_leftover_rows_without_a_vault(env: Env, tmp_path: Path)
     backup = take_backup(env, tmp_path)
     target = f"sqlite:///{tmp_path / 'leftover.db'}"
     restored = Vault(dataclasses.replace(env.settings, db_url=target))
-    restored.backups.restore(backup)
+    restored.backups.restore(backup, accept_rollback=True)
     with engine_for(target).begin() as c:
         c.execute(text("DELETE FROM mlsecrets_vault"))
     with pytest.raises(InvalidInput, match="already holds vault data"):

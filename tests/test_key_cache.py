@@ -50,6 +50,12 @@ class Counting(KeyProvider):
     def check(self) -> None:
         self.inner.check()
 
+    def load_data(self, name: str) -> list[bytes]:
+        return self.inner.load_data(name)
+
+    def store_data(self, name: str, value: bytes) -> None:
+        self.inner.store_data(name, value)
+
 
 class Clock:
     def __init__(self) -> None:

@@ -1,10 +1,12 @@
 """Checking a file written by ``mlsecrets audit prune`` on its own.
 
 Such a file is the only copy of the records it holds. Its first line gives, for each
-chain, the hash the exported run starts from; then one record per line with its hash and
-seal; its last line is a checkpoint of where each run ends. A file is whole when each
-chain's run recomputes, record by record, from its start hash to the checkpoint's hash and
-the checkpoint's seals are this vault's (checked in the HSM).
+chain, the hash the exported run starts from: the chain's genesis, or an earlier prune's
+anchor with that anchor's HSM seal; then one record per line with its hash and seal; its
+last line is a checkpoint of where each run ends. A file is whole when each chain's start
+is the genesis or a sealed anchor (so no record can be cut from the front), its run
+recomputes, record by record, from there to the checkpoint's hash, and the checkpoint's
+seals are this vault's (checked in the HSM, so none can be cut from the end).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_mlsecrets.audit.record import Entry, next_hash
+from airflow_provider_mlsecrets.audit import anchor
+from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
 
 EXPORT_FORMAT = "mlsecrets-audit-export-v1"
@@ -54,6 +57,12 @@ def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> Expo
             report.chains += 1
             start = header["starts"][str(chain)]
             previous, expected = bytes.fromhex(start["hash"]), int(start["after"]) + 1
+            if not _start_ok(keys, vault_id, chain, start, previous):
+                report.problems.append(
+                    f"chain {chain}: the run's start (after record {expected - 1}) is neither "
+                    "the chain's genesis nor an anchor sealed by this vault's HSM: records "
+                    "were cut from the front of the export")
+                continue
             for record in run:
                 digest = next_hash(previous, chain, record["seq"],
                                    Entry(*(record[name] for name in _FIELDS)))
@@ -73,3 +82,12 @@ def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> Expo
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         report.problems.append(f"not an audit export ({type(exc).__name__})")
     return report
+
+
+def _start_ok(keys: KeyProvider, vault_id: str, chain: int, start: dict[str, Any],
+              digest: bytes) -> bool:
+    after = int(start["after"])
+    if after == 0:
+        return hmac.compare_digest(digest, genesis(vault_id, chain))
+    return anchor.sealed(keys, vault_id, chain, after, digest, start.get("prune_request"),
+                         bytes.fromhex(start.get("seal", "")))

@@ -8,20 +8,28 @@ processes write at once. An append takes chain 1 when it is free and otherwise t
 chain no other transaction holds (``SKIP LOCKED``), so concurrent writers on PostgreSQL do
 not queue on one row until every chain is busy; SQLite's ``BEGIN IMMEDIATE`` serialises
 writers anyway, and there everything lands on chain 1.
+
+The vault never seals over a head it has not checked: before a record is chained onto a
+head, the head's own seal (or, for a head a prune moved out, its anchor's seal; for a new
+chain, the genesis hash) is checked in the HSM. Whoever can write the database can
+recompute hashes, but can then no longer get the vault to seal them. What this process
+sealed or checked itself is remembered, so the common case costs no HSM call.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets.audit import anchor
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
-from airflow_provider_mlsecrets.errors import AuditError
+from airflow_provider_mlsecrets.errors import AuditChainBroken, AuditError
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
-from airflow_provider_mlsecrets.store.models import AuditHead, AuditRecord
+from airflow_provider_mlsecrets.store.models import AuditAnchor, AuditHead, AuditRecord
 
 DEFAULT_CHAIN = 1
 CHAINS = 4  # chains 1..CHAINS exist in every vault (init; migration 0003 for older ones)
@@ -45,10 +53,51 @@ _FREE_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).where(
 _MOVE_HEAD = update(_HEADS).where(_HEADS.c.chain == bindparam("head")).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _ADD = insert(_RECORDS)
+_ANCHORS = cast(Table, AuditAnchor.__table__)
+_HEAD_RECORD = select(_RECORDS.c.hash, _RECORDS.c.seal).where(
+    _RECORDS.c.chain == bindparam("chain"), _RECORDS.c.seq == bindparam("seq"))
+_HEAD_ANCHOR = select(_ANCHORS.c.hash, _ANCHORS.c.seal, _ANCHORS.c.prune_request).where(
+    _ANCHORS.c.chain == bindparam("chain"), _ANCHORS.c.seq == bindparam("seq"))
+
+# (vault id, chain) -> the (seq, hash) this process last sealed or checked there
+_CHECKED: dict[tuple[str, int], tuple[int, bytes]] = {}
 
 
-def append(session: Session, keys: KeyProvider, entry: Entry) -> tuple[int, int]:
-    """Add ``entry`` to a free chain and seal it; return its ``(chain, seq)``."""
+def tampered(chain: int, seq: int, what: str) -> AuditChainBroken:
+    return AuditChainBroken(
+        f"audit chain {chain} was tampered with: {what}. Nothing was done. Run 'mlsecrets "
+        "audit verify' to see where, and restore the database from a backup", chain=chain,
+        seq=seq)
+
+
+def check_head(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
+               seq: int, digest: bytes) -> None:
+    """Raise :class:`AuditChainBroken` unless ``(seq, digest)`` is a head the vault made:
+    the genesis hash, a record whose seal is the HSM's over that hash, or an anchor (a
+    head a prune moved out) sealed as one."""
+    if _CHECKED.get((vault_id, chain)) == (seq, digest):
+        return
+    same = hmac.compare_digest
+    if seq == 0:
+        ok = same(digest, genesis(vault_id, chain))
+    elif (row := connection.execute(_HEAD_RECORD, {"chain": chain, "seq": seq}).one_or_none()):
+        ok = (same(row.hash, digest) and row.seal is not None
+              and same(keys.mac(MacKey.AUDIT, digest), row.seal))
+    elif (cut := connection.execute(_HEAD_ANCHOR, {"chain": chain, "seq": seq}).one_or_none()):
+        ok = same(cut.hash, digest) and anchor.sealed(keys, vault_id, chain, seq, digest,
+                                                      cut.prune_request, cut.seal)
+    else:
+        ok = False
+    if not ok:
+        raise tampered(chain, seq, f"its head (record {seq}) is not sealed by this vault's "
+                       "HSM, so the vault will not seal anything after it")
+    _CHECKED[(vault_id, chain)] = (seq, digest)
+
+
+def append(session: Session, keys: KeyProvider, entry: Entry, vault_id: str
+           ) -> tuple[int, int]:
+    """Add ``entry`` to a free chain, after checking that chain's head, and seal it;
+    return its ``(chain, seq)``."""
     connection = session.connection()
     # a free chain, else wait for chain 1 (all busy, or, after tampering, none left)
     head = (connection.execute(_FREE_HEAD).one_or_none()
@@ -58,6 +107,7 @@ def append(session: Session, keys: KeyProvider, entry: Entry) -> tuple[int, int]
         raise AuditError(
             f"audit chain {chain} has no head: on a new vault run 'mlsecrets init'; on an "
             "existing one the trail was tampered with: restore the database from backup")
+    check_head(connection, keys, vault_id, chain, head.seq, head.hash)
     seq: int = head.seq + 1
     digest = next_hash(head.hash, chain, seq, entry)
     seal = keys.mac(MacKey.AUDIT, digest)
@@ -69,8 +119,7 @@ def append(session: Session, keys: KeyProvider, entry: Entry) -> tuple[int, int]
             "request_id": entry.request_id, "context": entry.context, "hash": digest,
             "seal": seal})
     except sa_exc.IntegrityError:
-        raise AuditError(
-            f"audit chain {chain} already has a record {seq} beyond its head: the trail was "
-            "tampered with; run 'mlsecrets audit verify' and restore from backup") from None
+        raise tampered(chain, seq, f"it already has a record {seq} beyond its head") from None
     connection.execute(_MOVE_HEAD, {"head": chain, "new_seq": seq, "new_hash": digest})
+    _CHECKED[(vault_id, chain)] = (seq, digest)
     return chain, seq

@@ -3,8 +3,11 @@
 The hash chain is recomputed in software (a million records cost a million SHA-256
 calls); seals are checked in the HSM: the newest record's always, every record's on
 request or as soon as the newest fails, which is what names the first bad record when an
-attacker with database access recomputed the hashes after changing one. Checkpoints prove
-the tail was not truncated.
+attacker with database access recomputed the hashes after changing one. Because the vault
+never seals over a head it has not checked (audit/log.py), the newest seal vouches for the
+whole chain. A pruned chain starts from its anchor, sealed as an anchor and named by its
+prune's own record. The HSM's high-water marks (audit/mark.py) prove that the database was
+not rolled back or its tail cut off; exported checkpoints do the same from outside.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 from sqlalchemy import Connection, Result, Row, func, null, select
 
 from airflow_provider_mlsecrets import canonical
+from airflow_provider_mlsecrets.audit import anchor
+from airflow_provider_mlsecrets.audit import mark as hsm_mark
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
 from airflow_provider_mlsecrets.audit.log import CHAINS
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash, record_prefix
@@ -45,6 +50,9 @@ class Report:
     chains: int = 0
     problems: list[str] = field(default_factory=list)
     first_bad: tuple[int, int] | None = None
+    rolled_back: bool = False  # behind, or off, the HSM's high-water mark
+    notes: list[str] = field(default_factory=list)  # facts worth knowing, not failures
+    heads: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # as verified
 
     @property
     def ok(self) -> bool:
@@ -84,56 +92,164 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
     if checkpoint is not None and checkpoint.vault_id != vault_id:
         report.fail(0, None, f"the checkpoint is for vault {checkpoint.vault_id}, not {vault_id}")
     _check_extents(connection, heads, report)
-    starts = _anchors(connection, keys, report)
-    wanted = {p.chain: p.seq for p in checkpoint.chains} if checkpoint is not None else {}
-    walked: dict[int, bytes] = {}
+    latest, starts = _anchors(connection, keys, vault_id, report)
+    marks = {chain: hsm_mark.read(keys, vault_id, chain) for chain in heads}
+    wanted: dict[int, set[int]] = {chain: set() for chain in heads}
+    for point in checkpoint.chains if checkpoint is not None else ():
+        wanted.setdefault(point.chain, set()).add(point.seq)
+    for chain, found in marks.items():
+        if found is not None:
+            wanted[chain].add(found.seq)
+    walked: dict[tuple[int, int], bytes] = {}
     for chain, head in sorted(heads.items()):
         report.chains += 1
         _verify_chain(connection, keys, vault_id, chain, head, report, all_seals, progress,
-                      wanted.get(chain), walked, starts.get(chain))
+                      wanted.get(chain, set()), walked, starts.get(chain))
+    _check_prunes(connection, latest, starts, heads, report)
+    for chain, found in sorted(marks.items()):
+        if found is not None:
+            _check_mark(found, heads[chain], starts.get(chain), walked, report)
     if checkpoint is not None:
         for point in checkpoint.chains:
             start = starts.get(point.chain)
             if start is not None and point.seq <= start[0]:
-                # pruned since: the sealed anchor proves the chain went past it, and the
-                # export made by the prune holds the records themselves
-                if point.seq == start[0] and not hmac.compare_digest(point.hash, start[1]):
-                    report.fail(point.chain, point.seq, f"chain {point.chain}: record "
-                                f"{point.seq} differs from the checkpoint")
+                _point_below_anchor(keys, point, start, report)
                 continue
-            _check_point(keys, point, heads.get(point.chain), walked.get(point.chain), report)
+            _check_point(keys, point, heads.get(point.chain),
+                         walked.get((point.chain, point.seq)), report)
+    if report.ok:
+        report.heads = {chain: (h.seq, h.hash) for chain, h in heads.items()}
     return report
 
 
-def anchor_note(chain: int, seq: int, digest: bytes) -> str:
-    """How an ``audit.prune`` record names the anchor a chain starts from after it."""
-    return f"chain {chain} from {seq} ({digest.hex()[:16]})"
-
-
-def _anchors(connection: Connection, keys: KeyProvider, report: Report
-             ) -> dict[int, tuple[int, bytes]]:
-    """Each pruned chain's start: its newest anchor, which must carry this vault's HSM
-    seal and be named by an ``audit.prune`` record (an anchor slipped into the table to
-    excuse deleted records is neither)."""
+def _anchors(connection: Connection, keys: KeyProvider, vault_id: str, report: Report
+             ) -> tuple[dict[int, Row[Any]], dict[int, tuple[int, bytes]]]:
+    """Each pruned chain's newest anchor, and the start it gives the chain when it carries
+    this vault's anchor seal (a record's seal copied into the table is not one)."""
     latest: dict[int, Row[Any]] = {}
-    for anchor in connection.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
-        latest[anchor.chain] = anchor
-    if not latest:
-        return {}
-    notes = " ".join(connection.execute(select(AuditRecord.reason).where(
-        AuditRecord.action == "audit.prune")).scalars())
+    for row in connection.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
+        latest[row.chain] = row
     starts = {}
-    for chain, anchor in latest.items():
-        if not _seal_ok(keys, anchor.hash, anchor.seal):
-            report.fail(chain, anchor.seq, f"chain {chain}: the anchor at record {anchor.seq} "
-                        "is not sealed by this vault's HSM: planted in the database")
-        elif anchor_note(chain, anchor.seq, anchor.hash) not in notes:
-            report.fail(chain, anchor.seq, f"chain {chain}: the anchor at record {anchor.seq} "
-                        "is named by no audit.prune record: records were deleted outside "
-                        "'mlsecrets audit prune'")
+    for chain, row in latest.items():
+        if row.prune_request is None:
+            report.fail(chain, row.seq, f"chain {chain}: the anchor at record {row.seq} "
+                        "predates anchor seals and was not resealed: run 'mlsecrets init' to "
+                        "reseal it (it is refused if no sealed audit.prune record names it)")
+        elif not anchor.sealed(keys, vault_id, chain, row.seq, row.hash, row.prune_request,
+                               row.seal):
+            report.fail(chain, row.seq, f"chain {chain}: the anchor at record {row.seq} is "
+                        "not sealed by this vault's HSM: it was planted in the database to "
+                        "excuse deleted records")
         else:
-            starts[chain] = (anchor.seq, anchor.hash)
-    return starts
+            starts[chain] = (row.seq, row.hash)
+    return latest, starts
+
+
+def _check_prunes(connection: Connection, latest: dict[int, Row[Any]],
+                  starts: dict[int, tuple[int, bytes]], heads: dict[int, Row[Any]],
+                  report: Report) -> None:
+    """The prune that made each anchor must have left its own record, allowed, on the
+    verified part of the trail and naming that anchor; or that record was itself pruned
+    since, by a later prune (whose anchors are checked the same way)."""
+    requests = {row.prune_request for row in latest.values()}
+    for chain, row in sorted(latest.items()):
+        if chain not in starts:
+            continue
+        found = connection.execute(select(
+            AuditRecord.chain, AuditRecord.seq, AuditRecord.reason, AuditRecord.outcome).where(
+            AuditRecord.request_id == row.prune_request,
+            AuditRecord.action == "audit.prune")).all()
+        note = anchor.note(chain, row.seq, row.hash)
+        if not found:
+            if len(requests) > 1:
+                continue  # cut away by a later prune
+            report.fail(chain, row.seq, f"chain {chain}: no audit.prune record names the "
+                        f"anchor at record {row.seq}: records were deleted outside "
+                        "'mlsecrets audit prune'")
+        elif not any(r.outcome == "allowed" and note in r.reason
+                     and starts.get(r.chain, (0,))[0] < r.seq <= heads[r.chain].seq
+                     for r in found if r.chain in heads):
+            report.fail(chain, row.seq, f"chain {chain}: the audit.prune record of the anchor "
+                        f"at record {row.seq} is not on the verified trail or does not name it")
+
+
+def _check_mark(found: hsm_mark.Mark, head: Row[Any], start: tuple[int, bytes] | None,
+                walked: dict[tuple[int, int], bytes], report: Report) -> None:
+    """The database against the HSM's high-water mark of this chain."""
+    chain = found.chain
+    before = len(report.problems)
+    if found.seq > head.seq:
+        report.fail(chain, head.seq + 1, f"chain {chain} ends at record {head.seq}, but the "
+                    f"HSM's high-water mark says it had reached record {found.seq} at "
+                    f"{found.at}: the database was rolled back to an older copy or its newest "
+                    "records were deleted; restore the newest backup")
+    elif found.seq == 0:
+        pass  # marked at genesis: every chain starts there
+    elif start is not None and found.seq <= start[0]:
+        if found.seq == start[0] and not hmac.compare_digest(found.hash, start[1]):
+            report.fail(chain, found.seq, f"chain {chain}: the anchor at record {found.seq} "
+                        "differs from the HSM's high-water mark")
+    elif not hmac.compare_digest(walked.get((chain, found.seq), b""), found.hash):
+        report.fail(chain, found.seq, f"chain {chain}: record {found.seq} differs from the "
+                    f"HSM's high-water mark (written {found.at}): the database was rolled "
+                    "back to an older copy and written since, or the trail was rewritten")
+    report.rolled_back = report.rolled_back or len(report.problems) > before
+
+
+def since_mark(connection: Connection, keys: KeyProvider, vault_id: str, head: Row[Any],
+               found: hsm_mark.Mark) -> Report:
+    """Check one chain from its mark (or, if a prune passed the mark, its sealed anchor) to
+    ``head``: what the vault checks before it moves the mark on its own."""
+    report, chain = Report(), head.chain
+    cut = connection.execute(select(AuditAnchor).where(AuditAnchor.chain == chain).order_by(
+        AuditAnchor.seq.desc()).limit(1)).one_or_none()
+    start = (found.seq, found.hash)
+    if cut is not None and found.seq <= cut.seq:
+        if not anchor.sealed(keys, vault_id, chain, cut.seq, cut.hash, cut.prune_request,
+                             cut.seal):
+            report.fail(chain, cut.seq, f"chain {chain}: the anchor at record {cut.seq} is "
+                        "not sealed by this vault's HSM")
+            return report
+        start = (cut.seq, cut.hash)
+    if found.seq > head.seq:
+        _check_mark(found, head, None, {}, report)  # behind the mark: rolled back
+    elif head.seq == start[0]:
+        if not hmac.compare_digest(head.hash, start[1]):
+            report.fail(chain, head.seq, f"chain {chain}: its head differs from the HSM's "
+                        "high-water mark: the trail was rewritten or rolled back")
+            report.rolled_back = True
+    else:  # the first record after the mark must chain onto the mark's own hash
+        _verify_chain(connection, keys, vault_id, chain, head, report, False, None, set(), {},
+                      start)
+        report.rolled_back = not report.ok
+    return report
+
+
+def advance_marks(keys: KeyProvider, vault_id: str, report: Report, at: str) -> None:
+    """After a verification that passed (with every head still locked): move each chain's
+    mark in the HSM to the head it verified."""
+    for chain, (seq, digest) in sorted(report.heads.items()):
+        previous = hsm_mark.read(keys, vault_id, chain)
+        if previous is None or (previous.seq, previous.hash) != (seq, digest):
+            hsm_mark.write(keys, vault_id, chain, seq, digest, at, previous)
+
+
+def _point_below_anchor(keys: KeyProvider, point: ChainPoint, start: tuple[int, bytes],
+                        report: Report) -> None:
+    """A checkpoint inside the pruned part of its chain: reported for what it is."""
+    chain, seq = point.chain, point.seq
+    if not _seal_ok(keys, point.hash, point.seal):
+        report.fail(chain, None, f"checkpoint for chain {chain} at record {seq} has a bad "
+                    "seal: it was not made by this vault's HSM")
+    elif seq == start[0]:
+        if not hmac.compare_digest(point.hash, start[1]):
+            report.fail(chain, seq, f"chain {chain}: record {seq} differs from the checkpoint")
+    else:
+        report.notes.append(
+            f"chain {chain}: the checkpoint's record {seq} was pruned since (the chain now "
+            f"starts after record {start[0]}, whose sealed anchor proves the chain passed "
+            "it); the record itself is in that prune's export ('mlsecrets audit "
+            "verify-export FILE')")
 
 
 def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: Report) -> None:
@@ -243,8 +359,9 @@ _SIZES = tuple(canonical.length_prefix(n) for n in range(1024))  # for ts and re
 
 def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
                   head: Row[Any], report: Report, all_seals: bool,
-                  progress: Progress | None, checkpoint_seq: int | None,
-                  walked: dict[int, bytes], start: tuple[int, bytes] | None = None) -> None:
+                  progress: Progress | None, wanted: set[int],
+                  walked: dict[tuple[int, int], bytes],
+                  start: tuple[int, bytes] | None = None) -> None:
     # The hot loop: one SHA-256 per record over canonical(r) built inline, byte for byte
     # what record.next_hash builds (tests/test_audit_encoding.py holds them to each other
     # and to the known answer of docs/formats.md).
@@ -283,8 +400,8 @@ def _verify_chain(connection: Connection, keys: KeyProvider, vault_id: str, chai
                 report.fail(chain, seq, f"chain {chain}: record {seq} has a bad seal: "
                             "the trail was rewritten from here on")
                 break
-            if seq == checkpoint_seq:
-                walked[chain] = digest  # the hash as recomputed, not as stored
+            if seq in wanted:
+                walked[(chain, seq)] = digest  # the hash as recomputed, not as stored
             previous = digest
             expected += 1
             countdown -= 1

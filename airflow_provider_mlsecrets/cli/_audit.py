@@ -94,9 +94,12 @@ def _verify(args: argparse.Namespace, ctx: Context) -> None:
     ctx.output.message(
         f"audit trail OK: {report.records} records in {report.chains} chain(s), "
         f"{report.seals_checked} seal(s) checked in the HSM"
-        + (", checkpoint matched" if checkpoint else ""),
+        + (", checkpoint matched" if checkpoint else "")
+        + ", high-water marks in the HSM matched and moved"
+        + "".join(f"\n  note: {note}" for note in report.notes),
         {"ok": True, "records": report.records, "chains": report.chains,
-         "seals_checked": report.seals_checked, "checkpoint": checkpoint is not None})
+         "seals_checked": report.seals_checked, "checkpoint": checkpoint is not None,
+         "notes": report.notes})
 
 
 def _checkpoint(args: argparse.Namespace, ctx: Context) -> None:

@@ -24,6 +24,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "restore", parents=[common],
         help="load a backup into an empty vault database, with the HSM that made it")
     restore.add_argument("--in", dest="source", type=Path, required=True, metavar="FILE")
+    restore.add_argument(
+        "--accept-rollback", action="store_true",
+        help="restore even though the backup is older than the HSM's high-water mark of the "
+             "audit trail (every record made since is lost; the restore records that)")
     restore.set_defaults(handler=_restore)
 
 
@@ -49,7 +53,7 @@ def _backup(args: argparse.Namespace, ctx: Context) -> None:
 
 def _restore(args: argparse.Namespace, ctx: Context) -> None:
     _local(ctx, "restored")
-    info = ctx.vault.backups.restore(args.source)
+    info = ctx.vault.backups.restore(args.source, accept_rollback=args.accept_rollback)
     if not info.audit_ok:
         raise IntegrityError("the restored audit trail does not verify; run 'mlsecrets audit "
                              "verify' for the first bad record")

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import gc
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pkcs11
+from pkcs11 import Attribute, Mechanism
 from pkcs11 import exceptions as p11e
+from pkcs11.attributes import AttributeMapper
 
 from airflow_provider_mlsecrets.errors import HSMUnavailable
 
@@ -198,10 +201,10 @@ def _open(address: TokenAddress, pin: str) -> Any:
             f"more than one token is labelled {address.label!r}; give each token a unique label"
         ) from None
     try:
-        return token.open(user_pin=pin, rw=True)
+        return token.open(user_pin=pin, rw=True, attribute_mapper=_mapper())
     except p11e.UserAlreadyLoggedIn:
         # Another session of this process logged in to the token; share that login.
-        return token.open(rw=True)
+        return token.open(rw=True, attribute_mapper=_mapper())
     except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
         raise HSMUnavailable(
             f"the HSM rejected the PIN for token {address.label!r}; check "
@@ -211,6 +214,17 @@ def _open(address: TokenAddress, pin: str) -> Any:
         raise HSMUnavailable(
             f"the user PIN of token {address.label!r} is locked; a security officer must reset it"
         ) from None
+
+
+def _mapper() -> Any:
+    """python-pkcs11's attribute mapper, taught ``CKA_ALLOWED_MECHANISMS`` (an array of
+    ``CK_MECHANISM_TYPE``, each a native ``CK_ULONG``), which it does not pack itself."""
+    mapper = AttributeMapper()
+    mapper.register_handler(
+        Attribute.ALLOWED_MECHANISMS,
+        lambda values: b"".join(struct.pack("L", int(v)) for v in values),
+        lambda data: [Mechanism(v) for (v,) in struct.iter_unpack("L", data)])
+    return mapper
 
 
 def describe_missing_token(address: TokenAddress) -> HSMUnavailable:

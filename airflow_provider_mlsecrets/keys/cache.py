@@ -118,6 +118,12 @@ class CachingKeyProvider(KeyProvider):
     def describe(self, label: str) -> KeyInfo:
         return self.inner.describe(label)
 
+    def load_data(self, name: str) -> list[bytes]:
+        return self.inner.load_data(name)
+
+    def store_data(self, name: str, value: bytes) -> None:
+        self.inner.store_data(name, value)
+
     def check(self) -> None:
         self.inner.check()
 

@@ -8,6 +8,10 @@ Two families of keys live behind it and never leave it:
   chain, ``<prefix>-token-mac`` turns principal tokens into the keyed hashes we store, and
   ``<prefix>-integrity-mac`` authenticates the rows that decide access (principals, grants)
   and which version of a secret is served.
+
+Beside the keys, the token keeps small **data objects** the vault must be able to trust
+without trusting its database: the audit trail's high-water marks (docs/formats.md). They
+are private token objects, readable and writable only after login.
 """
 
 from __future__ import annotations
@@ -74,6 +78,17 @@ class KeyProvider(ABC):
     @abstractmethod
     def describe(self, label: str) -> KeyInfo:
         """The security attributes of one key; :class:`KeyMissing` if absent."""
+
+    @abstractmethod
+    def load_data(self, name: str) -> list[bytes]:
+        """The values of every data object called ``name`` (``<prefix>-<name>`` on the
+        token), in no particular order; empty if there is none."""
+
+    @abstractmethod
+    def store_data(self, name: str, value: bytes) -> None:
+        """Make ``value`` the one data object called ``name``: the new object is created
+        before any older one is destroyed, so a failure in between leaves both, never
+        neither (readers pick by what the values say)."""
 
     @abstractmethod
     def check(self) -> None:

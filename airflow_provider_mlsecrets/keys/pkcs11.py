@@ -43,10 +43,15 @@ _COMMON = {
     Attribute.WRAP: False,
     Attribute.UNWRAP: False,
 }
+# CKA_ALLOWED_MECHANISMS: whoever holds the PIN still cannot use a KEK with anything but
+# AES-GCM (no ECB oracle, no CBC), nor a MAC key with anything but HMAC-SHA256
 _KEK_TEMPLATE = {**_COMMON, Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
-                 Attribute.SIGN: False, Attribute.VERIFY: False}
+                 Attribute.SIGN: False, Attribute.VERIFY: False,
+                 Attribute.ALLOWED_MECHANISMS: [Mechanism.AES_GCM]}
 _MAC_TEMPLATE = {**_COMMON, Attribute.ENCRYPT: False, Attribute.DECRYPT: False,
-                 Attribute.SIGN: True, Attribute.VERIFY: True}
+                 Attribute.SIGN: True, Attribute.VERIFY: True,
+                 Attribute.ALLOWED_MECHANISMS: [Mechanism.SHA256_HMAC]}
+_DATA_APPLICATION = "airflow-provider-mlsecrets"
 # Failures of a decryption that mean "these bytes do not authenticate", as tokens report them.
 _NOT_AUTHENTIC = (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.GeneralError,
                   p11e.ArgumentsBad, p11e.DataLenRange, p11e.FunctionFailed)
@@ -142,6 +147,32 @@ class PKCS11KeyProvider(KeyProvider):
 
         return _session.run(self._address, op)
 
+    def load_data(self, name: str) -> list[bytes]:
+        label = f"{self._prefix}-{name}"
+
+        def op(session: Any) -> list[bytes]:
+            return [bytes(o[Attribute.VALUE]) for o in _data_objects(session, label)]
+
+        return _session.run(self._address, op)
+
+    def store_data(self, name: str, value: bytes) -> None:
+        label = f"{self._prefix}-{name}"
+
+        def op(session: Any) -> None:
+            # SoftHSM2 (like many tokens) keeps CKA_VALUE of a data object read-only, so
+            # a new value is a new object, created before the old ones go
+            older = _data_objects(session, label)
+            if not any(bytes(o[Attribute.VALUE]) == value for o in older):
+                session.create_object({
+                    Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label,
+                    Attribute.APPLICATION: _DATA_APPLICATION, Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True, Attribute.VALUE: value})
+            for o in older:
+                if bytes(o[Attribute.VALUE]) != value:
+                    o.destroy()
+
+        _session.run(self._address, op)
+
     def check(self) -> None:
         _session.run(self._address, lambda session: None)
 
@@ -177,6 +208,10 @@ class PKCS11KeyProvider(KeyProvider):
                                  template=template)
 
         _session.run(self._address, op, retry=False)
+
+
+def _data_objects(session: Any, label: str) -> list[Any]:
+    return list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
 
 
 def _count(session: Any, label: str) -> int:

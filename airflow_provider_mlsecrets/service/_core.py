@@ -34,6 +34,7 @@ from airflow_provider_mlsecrets.audit.record import (
 )
 from airflow_provider_mlsecrets.errors import (
     AccessDenied,
+    AuditChainBroken,
     AuditError,
     ConfigurationError,
     IntegrityError,
@@ -48,6 +49,7 @@ from airflow_provider_mlsecrets.policy.decide import Decision, Rule, decide
 from airflow_provider_mlsecrets.policy.roles import Capability, Role, parse_capabilities
 from airflow_provider_mlsecrets.policy.tokens import token_hash, well_formed
 from airflow_provider_mlsecrets.service._integrity import principal_intact
+from airflow_provider_mlsecrets.service._marks import Marks
 from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store import models
 from airflow_provider_mlsecrets.store.engine import engine_for, safe_url
@@ -103,6 +105,7 @@ class Op:
     version: int | None = None
     reason: str = ""
     outcome: Outcome = Outcome.ALLOWED  # a body that records a failure it handled: ERROR
+    request_id: str = ""  # the id its audit record will carry
 
 
 class Core:
@@ -113,6 +116,7 @@ class Core:
         self.settings = settings
         self._keys = keys
         self._vault_id: str | None = None
+        self.marks = Marks(self)
 
     @property
     def keys(self) -> KeyProvider:
@@ -221,12 +225,13 @@ class Core:
                 if actor is None or decision.reason in (REVOKED, EXPIRED):
                     raise Unauthenticated(f"access denied: {decision.reason}")
                 raise AccessDenied(f"access denied: {decision.reason}")
-            op = Op(session=session, actor=actor, version=version, reason=decision.reason)
+            op = Op(session=session, actor=actor, version=version, reason=decision.reason,
+                    request_id=base.request_id)
             try:
                 with self.database_errors():
                     yield op
-                    self._append(session, base, actor.name, actor.role.value, op.outcome,
-                                 op.reason, op.version)
+                    chain = self._append(session, base, actor.name, actor.role.value,
+                                         op.outcome, op.reason, op.version)
                     session.commit()
             except BaseException as exc:
                 session.rollback()
@@ -236,6 +241,7 @@ class Core:
                 self._record_alone(base, actor.name, actor.role.value, outcome,
                                    _failure_reason(exc), op.version)
                 raise
+            self.marks.after_commit(chain)
         finally:
             session.close()
 
@@ -282,23 +288,27 @@ class Core:
         return principal
 
     def _append(self, session: Session, base: _Base, principal: str, roles: str,
-                outcome: Outcome, reason: str, version: int | None) -> None:
-        audit_log.append(session, self.keys, Entry(
+                outcome: Outcome, reason: str, version: int | None) -> int:
+        """Append the record; the chain it went to."""
+        return audit_log.append(session, self.keys, Entry(
             ts=format_ts(utcnow()), principal=principal, roles=roles, action=base.action,
             path=base.path, version=version, outcome=outcome.value, reason=reason,
-            request_id=base.request_id, context=base.context))
+            request_id=base.request_id, context=base.context), self.vault_id(session))[0]
 
     def _record_alone(self, base: _Base, principal: str, roles: str, outcome: Outcome,
                       reason: str, version: int | None) -> None:
         """Write one record in its own transaction; if that fails, fail closed, loudly."""
         try:
             with self.transaction() as session:
-                self._append(session, base, principal, roles, outcome, reason, version)
+                chain = self._append(session, base, principal, roles, outcome, reason, version)
+        except AuditChainBroken:
+            raise  # tampering: exit 5 and what to do, not "could not be written"
         except MLSecretsError as exc:
             raise AuditError(
                 f"the audit record for {base.action} could not be written ({exc}); "
                 "nothing was done"
             ) from exc
+        self.marks.after_commit(chain)
 
 
 _PRINCIPALS = models.Principal.__table__

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Select, delete, func, insert, select
 
+from airflow_provider_mlsecrets.audit import anchor
 from airflow_provider_mlsecrets.audit import verify as verification
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
 from airflow_provider_mlsecrets.audit.export import EXPORT_FORMAT, ExportReport, check_export
@@ -124,15 +125,30 @@ class AuditService:
     def verify(self, caller: Caller, *, checkpoint: Checkpoint | None = None,
                all_seals: bool = False,
                progress: verification.Progress | None = None) -> verification.Report:
-        """Check the whole trail; raise :class:`AuditChainBroken` naming the first bad record.
+        """Check the whole trail, against the HSM's high-water marks too; raise
+        :class:`AuditChainBroken` naming the first bad record. A trail that passes moves
+        the marks to where it was verified.
 
-        The verification itself is recorded, with its result, after it ran."""
-        with self._core.operation(caller, "audit.verify", Capability.AUDIT) as op:
-            report = verification.verify(op.session.connection(), self._core.keys,
-                                         self._core.vault_id(op.session), checkpoint=checkpoint,
-                                         all_seals=all_seals, progress=progress)
-            op.reason += (f"; ok, {report.records} records" if report.ok
-                          else f"; FAILED: {report.problems[0]}")
+        The verification itself is recorded, with its result, after it ran; if even that
+        record cannot be written (a tampered head refuses it), what was found is still
+        what the caller is told."""
+        found: list[verification.Report] = []
+        try:
+            with self._core.operation(caller, "audit.verify", Capability.AUDIT) as op:
+                vault_id = self._core.vault_id(op.session)
+                report = verification.verify(op.session.connection(), self._core.keys,
+                                             vault_id, checkpoint=checkpoint,
+                                             all_seals=all_seals, progress=progress)
+                found.append(report)
+                if report.ok:
+                    verification.advance_marks(self._core.keys, vault_id, report,
+                                               format_ts(utcnow()))
+                op.reason += (f"; ok, {report.records} records" if report.ok
+                              else f"; FAILED: {report.problems[0]}")
+        except AuditChainBroken:
+            if not found or found[0].ok:
+                raise
+        report = found[0]
         if not report.ok:
             chain, seq = report.first_bad or (0, None)
             raise AuditChainBroken("; ".join(report.problems), chain=chain, seq=seq)
@@ -170,6 +186,12 @@ class AuditService:
         verifiable on its own. The cut record's hash and seal become the chain's anchor,
         which verification starts from, and this operation's audit record names every
         anchor. Nothing reaches ``out`` before that record is committed."""
+        retention = self._core.settings.min_audit_retention()
+        if before > utcnow() - retention:
+            raise InvalidInput(
+                f"refusing to prune records younger than MLSECRETS_AUDIT_MIN_RETENTION "
+                f"({self._core.settings.audit_min_retention}): give --before no later than "
+                f"{format_ts(utcnow() - retention)}")
         cutoff = format_ts(before)
         with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:
             with self._core.operation(caller, "audit.prune", Capability.GRANT) as op:
@@ -180,8 +202,8 @@ class AuditService:
                     chain, seq = report.first_bad or (0, None)
                     raise AuditChainBroken("; ".join(report.problems) + "; nothing was pruned",
                                            chain=chain, seq=seq)
-                info = self._cut(c, vault_id, cutoff, buffer)
-                notes = [verification.anchor_note(chain, seq, digest)
+                info = self._cut(c, vault_id, cutoff, buffer, op.request_id)
+                notes = [anchor.note(chain, seq, digest)
                          for chain, (seq, digest) in sorted(info.anchors.items())]
                 op.reason += (f"; pruned {sum(info.pruned.values())} records before {cutoff}; "
                               "anchors: " + (", ".join(notes) or "none"))
@@ -189,17 +211,23 @@ class AuditService:
             shutil.copyfileobj(buffer, out)
         return info
 
-    def _cut(self, c: Any, vault_id: str, cutoff: str, out: TextIO) -> PruneInfo:
+    def _cut(self, c: Any, vault_id: str, cutoff: str, out: TextIO,
+             prune_request: str) -> PruneInfo:
         now = format_ts(utcnow())
         anchors: dict[int, tuple[int, bytes]] = {}
-        for anchor in c.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
-            anchors[anchor.chain] = (anchor.seq, anchor.hash)
+        start_seals: dict[int, dict[str, str]] = {}
+        for row in c.execute(select(AuditAnchor).order_by(AuditAnchor.seq)):
+            anchors[row.chain] = (row.seq, row.hash)
+            start_seals[row.chain] = {"seal": row.seal.hex(),
+                                      "prune_request": row.prune_request or ""}
         heads = {h.chain: h for h in c.execute(select(AuditHead))}
-        # where each chain's exportable run starts: after its anchor, or from genesis
+        # where each chain's exportable run starts: after its (sealed) anchor, or from
+        # genesis; the export carries the anchor's seal so that it verifies on its own
         starts = {chain: anchors.get(chain, (0, genesis(vault_id, chain)))
                   for chain in sorted(heads)}
         out.write(json.dumps({"format": EXPORT_FORMAT, "vault_id": vault_id, "before": cutoff,
-                              "starts": {str(chain): {"after": after, "hash": digest.hex()}
+                              "starts": {str(chain): {"after": after, "hash": digest.hex(),
+                                                      **start_seals.get(chain, {})}
                                          for chain, (after, digest) in starts.items()}}) + "\n")
         pruned: dict[int, int] = {}
         points = []
@@ -220,8 +248,10 @@ class AuditService:
                 last = row
             if last is None or last.seal is None:
                 continue
-            c.execute(insert(AuditAnchor).values(chain=chain, seq=cut, hash=last.hash,
-                                                  seal=last.seal, pruned_at=now))
+            c.execute(insert(AuditAnchor).values(
+                chain=chain, seq=cut, hash=last.hash, pruned_at=now, prune_request=prune_request,
+                seal=anchor.seal(self._core.keys, vault_id, chain, cut, last.hash,
+                                 prune_request)))
             c.execute(delete(AuditRecord).where(AuditRecord.chain == chain,
                                                 AuditRecord.seq <= cut))
             anchors[chain] = (cut, last.hash)

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Integer, LargeBinary, Table, func, insert, in
 
 from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit import log as audit_log
+from airflow_provider_mlsecrets.audit import mark as hsm_mark
 from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
 from airflow_provider_mlsecrets.audit.verify import verify
 from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, InvalidInput
@@ -141,11 +142,18 @@ class BackupService:
                               "mac": _seal(self._core, total, digest.digest()).hex()}) + "\n")
         return BackupInfo(vault_id=vault_id, schema=str(schema), rows=counts)
 
-    def restore(self, source: Path) -> RestoreInfo:
+    def restore(self, source: Path, *, accept_rollback: bool = False) -> RestoreInfo:
         """Load a backup into an empty vault database with the HSM that made it. The file
         is read once, into a private copy that is checked whole (its HSM MAC over every
         line and the row count) and then loaded, so what is loaded is what was checked; the
-        load is one transaction, so a failure leaves the database as empty as it was."""
+        load is one transaction, so a failure leaves the database as empty as it was.
+
+        A backup's trail ends before the HSM's high-water marks whenever anything was
+        recorded after it was taken (its own ``backup`` record at least): restoring it
+        rolls the trail back, which is exactly what an attacker restoring an old backup
+        would do. So it is refused unless ``accept_rollback``; then the marks are moved
+        back to the restored trail deliberately and the restore's record says from where
+        to where, and how many records were lost."""
         from airflow_provider_mlsecrets.store import migrate
 
         core = self._core
@@ -167,18 +175,47 @@ class BackupService:
                 for label in c.execute(select(models.Kek.label)).scalars():
                     core.keys.describe(label)  # KeyMissing: not the HSM this vault used
                 self._reset_sequences(c)
+                rollback = self._rollback(c, header["vault_id"], accept_rollback)
                 audit_log.append(session, core.keys, Entry(
                     ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",
                     action="vault.restore", path="", version=None,
                     outcome=Outcome.ALLOWED.value,
-                    reason=f"restored {rows} rows from a backup of {header['created_at']}",
+                    reason=f"restored {rows} rows from a backup of {header['created_at']}"
+                           + rollback,
                     request_id=str(uuid.uuid4()),
                     context=json.dumps(process_context("cli"), sort_keys=True,
-                                       separators=(",", ":"))))
+                                       separators=(",", ":"))), header["vault_id"])
         with core.engine.connect() as c, c.begin():
             report = verify(c, core.keys, header["vault_id"])
         return RestoreInfo(vault_id=header["vault_id"], rows=counts,
                            audit_records=report.records, audit_ok=report.ok)
+
+    def _rollback(self, c: Connection, vault_id: str, accept: bool) -> str:
+        """Compare the restored trail with the HSM's marks; refuse a rollback unless
+        ``accept``, else move the marks back (before the commit: if it fails, the marks
+        only sit behind an empty database) and say what was rolled back."""
+        report = verify(c, self._core.keys, vault_id)
+        if report.ok:
+            return ""
+        if not report.rolled_back or len(report.problems) > sum(
+                "high-water mark" in p for p in report.problems):
+            raise IntegrityError("the backup's audit trail does not verify: "
+                                 + "; ".join(report.problems) + " (nothing was restored)")
+        if not accept:
+            raise IntegrityError(
+                "the backup is older than the HSM's high-water mark of the audit trail: "
+                "restoring it would roll the trail back and lose every record made since ("
+                + "; ".join(report.problems) + "). If that is what you mean (the newer "
+                "database is lost), restore again with --accept-rollback; it is recorded")
+        moved = []
+        for head in c.execute(select(models.AuditHead)).all():
+            previous = hsm_mark.read(self._core.keys, vault_id, head.chain)
+            if previous is not None and (previous.seq, previous.hash) != (head.seq, head.hash):
+                hsm_mark.write(self._core.keys, vault_id, head.chain, head.seq, head.hash,
+                               format_ts(utcnow()), previous)
+                moved.append(f"chain {head.chain} from record {previous.seq} (marked "
+                             f"{previous.at}) back to {head.seq}")
+        return "; ROLLBACK accepted: " + ", ".join(moved)
 
     def _refuse_unless_empty(self) -> None:
         """Before anything is created or migrated: no vault table may hold a row."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from airflow_provider_mlsecrets.audit import anchor
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import Entry, Outcome, format_ts
 from airflow_provider_mlsecrets.errors import KeyMissing
@@ -99,6 +100,10 @@ class Vault:
                 # The chain starts with the vault and only then: a head missing from an
                 # existing vault means tampering, which init must not paper over.
                 audit_log.start_chains(session, vault_row.vault_id)
+            resealed = anchor.reseal_legacy(session.connection(), core.keys,
+                                            vault_row.vault_id)
+            if resealed:
+                created.append(f"anchor seals on {resealed} anchors older than them")
             if session.execute(select(models.Kek.version)).first() is None:
                 label = kek_label(self.settings.key_prefix, 1)
                 try:
@@ -121,7 +126,7 @@ class Vault:
                     ts=format_ts(utcnow()), principal=f"os:{getpass.getuser()}", roles="",
                     action="vault.init", path="", version=None, outcome=Outcome.ALLOWED.value,
                     reason="created " + ", ".join(created), request_id=str(uuid.uuid4()),
-                    context=_context_json()))
+                    context=_context_json()), vault_row.vault_id)
             return InitResult(vault_id=vault_row.vault_id, created=created,
                               admin_name=admin_name if admin_token else None,
                               admin_token=admin_token)

@@ -197,8 +197,10 @@ class AuditHead(Base):
 
 
 class AuditAnchor(Base):
-    """Where a pruned chain now starts: the last pruned record's seq, hash and HSM seal.
-    Append-only; a record may be deleted only at or below its chain's anchor."""
+    """Where a pruned chain now starts: the last pruned record's seq and hash, the prune
+    that cut there, and an HSM seal over all of it (:mod:`..audit.anchor`). Append-only (an
+    anchor older than anchor seals is resealed once); a record may be deleted only at or
+    below its chain's anchor."""
 
     __tablename__ = "mlsecrets_audit_anchors"
     chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -206,6 +208,8 @@ class AuditAnchor(Base):
     hash: Mapped[bytes] = mapped_column(LargeBinary)
     seal: Mapped[bytes] = mapped_column(LargeBinary)
     pruned_at: Mapped[str] = mapped_column(String(32))
+    # the audit.prune operation's request id; NULL only on anchors older than migration 0005
+    prune_request: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class AuditRecord(Base):
