@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_mlsecrets.audit import anchor
+from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
 from airflow_provider_mlsecrets.audit.record import Entry, genesis, next_hash
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
 
@@ -31,14 +32,21 @@ class ExportReport:
     records: int = 0
     chains: int = 0
     problems: list[str] = field(default_factory=list)
+    points_matched: int = 0  # records of a given checkpoint found, and matching, here
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> ExportReport:
+def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str, *,
+                 checkpoint: Checkpoint | None = None) -> ExportReport:
+    """Check the export; with ``checkpoint``, each of its records that falls within the
+    export must be there with the checkpoint's hash (as recomputed), and the checkpoint's
+    seal must be the HSM's."""
     report = ExportReport()
+    wanted = {(p.chain, p.seq): p for p in checkpoint.chains} if checkpoint else {}
+    seen: dict[tuple[int, int], bytes] = {}
     try:
         parsed = [json.loads(line) for line in lines if line.strip()]
         header, body, trailer = parsed[0], parsed[1:-1], parsed[-1]
@@ -70,6 +78,8 @@ def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> Expo
                     report.problems.append(f"chain {chain}: record {record['seq']} does not "
                                            "match the chain: it was changed, moved or removed")
                     break
+                if (chain, record["seq"]) in wanted:
+                    seen[(chain, record["seq"])] = digest
                 previous, expected = digest, expected + 1
                 report.records += 1
             else:
@@ -81,7 +91,28 @@ def check_export(lines: Iterable[str], keys: KeyProvider, vault_id: str) -> Expo
                                            "checkpoint, or the checkpoint is not this vault's")
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         report.problems.append(f"not an audit export ({type(exc).__name__})")
+    if checkpoint is not None and report.ok:
+        _check_points(keys, vault_id, checkpoint, wanted, seen, report)
     return report
+
+
+def _check_points(keys: KeyProvider, vault_id: str, checkpoint: Checkpoint,
+                  wanted: dict[tuple[int, int], ChainPoint], seen: dict[tuple[int, int], bytes],
+                  report: ExportReport) -> None:
+    if checkpoint.vault_id != vault_id:
+        report.problems.append(f"the checkpoint is for vault {checkpoint.vault_id}")
+        return
+    for key, point in sorted(wanted.items()):
+        if key not in seen:
+            continue  # not pruned by this export: 'audit verify --checkpoint' checks it
+        if not hmac.compare_digest(keys.mac(MacKey.AUDIT, point.hash), point.seal):
+            report.problems.append(f"checkpoint for chain {point.chain} at record {point.seq} "
+                                   "has a bad seal: it was not made by this vault's HSM")
+        elif not hmac.compare_digest(seen[key], point.hash):
+            report.problems.append(f"chain {point.chain}: record {point.seq} differs from the "
+                                   "checkpoint")
+        else:
+            report.points_matched += 1
 
 
 def _start_ok(keys: KeyProvider, vault_id: str, chain: int, start: dict[str, Any],

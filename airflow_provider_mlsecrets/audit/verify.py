@@ -248,8 +248,8 @@ def _point_below_anchor(keys: KeyProvider, point: ChainPoint, start: tuple[int, 
         report.notes.append(
             f"chain {chain}: the checkpoint's record {seq} was pruned since (the chain now "
             f"starts after record {start[0]}, whose sealed anchor proves the chain passed "
-            "it); the record itself is in that prune's export ('mlsecrets audit "
-            "verify-export FILE')")
+            "it); check the record itself in that prune's export: 'mlsecrets audit "
+            "verify-export FILE --checkpoint CHECKPOINT'")
 
 
 def _check_extents(connection: Connection, heads: dict[int, Row[Any]], report: Report) -> None:

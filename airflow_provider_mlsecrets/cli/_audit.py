@@ -63,6 +63,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     check = sub.add_parser("verify-export", parents=[common],
                            help="check a file written by 'audit prune' on its own")
     check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--checkpoint", metavar="FILE|URL",
+                       help="also check a checkpoint whose records this export holds (one "
+                            "that 'audit verify' reports as pruned)")
     check.set_defaults(handler=_verify_export)
 
 
@@ -132,9 +135,13 @@ def _verify_export(args: argparse.Namespace, ctx: Context) -> None:
         lines = args.file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read {args.file}: {exc}") from None
-    report = ctx.vault.audit.verify_export(ctx.caller, lines)
+    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    report = ctx.vault.audit.verify_export(ctx.caller, lines, checkpoint=checkpoint)
     if not report.ok:
         raise AuditChainBroken("; ".join(report.problems), chain=0, seq=None)
     ctx.output.message(f"export OK: {report.records} records in {report.chains} chain(s), "
-                       "each from its start hash to its HSM-sealed checkpoint",
-                       {"ok": True, "records": report.records, "chains": report.chains})
+                       "each from its start hash to its HSM-sealed checkpoint"
+                       + (f"; {report.points_matched} checkpoint record(s) matched"
+                          if checkpoint else ""),
+                       {"ok": True, "records": report.records, "chains": report.chains,
+                        "checkpoint_records_matched": report.points_matched})

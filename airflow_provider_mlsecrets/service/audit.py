@@ -169,10 +169,13 @@ class AuditService:
             return Checkpoint(vault_id=self._core.vault_id(op.session),
                               created_at=format_ts(utcnow()), chains=tuple(points))
 
-    def verify_export(self, caller: Caller, lines: Iterable[str]) -> ExportReport:
-        """Check a file written by :meth:`prune` on its own (``audit``)."""
+    def verify_export(self, caller: Caller, lines: Iterable[str], *,
+                      checkpoint: Checkpoint | None = None) -> ExportReport:
+        """Check a file written by :meth:`prune` on its own (``audit``), and the records of
+        ``checkpoint`` that it holds."""
         with self._core.operation(caller, "audit.verify_export", Capability.AUDIT) as op:
-            report = check_export(lines, self._core.keys, self._core.vault_id(op.session))
+            report = check_export(lines, self._core.keys, self._core.vault_id(op.session),
+                                  checkpoint=checkpoint)
             op.reason += (f"; ok, {report.records} records" if report.ok
                           else f"; FAILED: {report.problems[0]}")
         return report

@@ -280,3 +280,23 @@ def test_restoring_an_older_backup_is_refused_unless_the_rollback_is_accepted(
     assert restored.audit.verify(env.admin).ok
     [record] = [r for r in restored.audit.tail(env.admin, 5) if r.action == "vault.restore"]
     assert "ROLLBACK accepted: chain 1 from record" in record.reason
+
+
+def test_a_checkpoint_below_an_anchor_is_reported_and_checked_in_the_export(env: Env) -> None:
+    """A checkpoint whose record was pruned since is never skipped silently: verification
+    says so, and the prune's export checks the record itself (a changed one is caught)."""
+    import dataclasses
+
+    fill(env, 3)
+    point = checkpoint(env)
+    fill(env, 1)
+    out = io.StringIO()
+    env.vault.audit.prune(env.admin, datetime.now(timezone.utc), out)
+    report = env.vault.audit.verify(env.admin, checkpoint=point)
+    assert any("was pruned since" in note for note in report.notes), report.notes
+    lines = out.getvalue().splitlines()
+    assert env.vault.audit.verify_export(env.admin, lines, checkpoint=point).points_matched == 1
+    moved = dataclasses.replace(point, chains=tuple(
+        dataclasses.replace(p, hash=bytes(32)) for p in point.chains))
+    bad = env.vault.audit.verify_export(env.admin, lines, checkpoint=moved)
+    assert not bad.ok and "bad seal" in bad.problems[0]
