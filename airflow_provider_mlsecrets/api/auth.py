@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_mlsecrets.api.flood import FloodGuard, failure
+from airflow_provider_mlsecrets.api.flood import FloodGuard
 from airflow_provider_mlsecrets.api.hardening import (
     ABSORBED,
     KNOWN_GOOD,
@@ -83,7 +83,7 @@ def authenticator(*verifiers: Verifier, vault: Callable[[], Vault] | None = None
         if flood.take():  # a failure may still be recorded on its own
             request.scope[RESERVED] = True
             return caller
-        reason = await run_in_threadpool(failure, vault().core, caller)
+        reason = await run_in_threadpool(vault().core.authentication_failure, caller)
         if reason is not None:
             flood.absorb(request_origin(request.scope).client)
             request.scope[ABSORBED] = True

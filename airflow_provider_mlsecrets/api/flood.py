@@ -5,7 +5,8 @@ Every ``denied`` record costs a database write and an HSM MAC (its seal). The pe
 budget (:mod:`.hardening`) stops one address; many addresses (a botnet, a /64 of IPv6, a
 whole 127/8 on the host) could still fill the trail and keep the HSM busy. So failures are
 written one by one up to ``--max-failed-auth`` per second; past it, a request whose
-credential is not known good is checked first without a record (:func:`authenticates`), and
+credential is not known good is checked first without a record
+(:meth:`Core.authentication_failure`), and
 if it fails it is answered 401 and counted. At the end of the window (and at shutdown) the
 count is written as one ``auth.failures`` record: how many, from how many addresses (the
 first :data:`MAX_ADDRESSES` named), first and last time. No failure goes unrecorded: each
@@ -16,15 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from airflow_provider_mlsecrets.audit.record import Outcome, canonical_context
+from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.errors import MLSecretsError
-from airflow_provider_mlsecrets.service import Caller
-from airflow_provider_mlsecrets.service._core import NOBODY, TAMPERED, Core, _Base, utcnow
+from airflow_provider_mlsecrets.service._core import NOBODY, Core, utcnow
 
 log = logging.getLogger(__name__)
 ACTION = "auth.failures"
@@ -135,20 +134,6 @@ def write_summary(core: Core, summary: Summary, ceiling: float) -> None:
         "component": "http", "failures": summary.failures,
         "addresses": ",".join(summary.addresses), "distinct_addresses": len(summary.distinct),
         "first": summary.first.isoformat(), "last": summary.last.isoformat()}
-    base = _Base(action=ACTION, path="", request_id=str(uuid.uuid4()),
-                 context=canonical_context(context))
-    core._record_alone(base, NOBODY, "", Outcome.DENIED,
-                       f"{summary.failures} failed authentications past the ceiling of "
-                       f"{ceiling:g} per second, refused and counted here instead of one "
-                       "record each", None)
-
-
-def failure(core: Core, caller: Caller) -> str | None:
-    """Why ``caller`` does not authenticate, checked as the vault checks it but without an
-    audit record; ``None`` if it does, or if a record failed its integrity check (the vault
-    must then see and record that itself)."""
-    with core.transaction() as session:
-        actor, decision = core._authorise(session, caller, None, None)
-    if (actor is not None and decision.allowed) or decision.reason.startswith(TAMPERED):
-        return None
-    return decision.reason
+    core.record(ACTION, NOBODY, Outcome.DENIED,
+                f"{summary.failures} failed authentications past the ceiling of {ceiling:g} "
+                "per second, refused and counted here instead of one record each", context)

@@ -245,6 +245,24 @@ class Core:
         finally:
             session.close()
 
+    def record(self, action: str, principal: str, outcome: Outcome, reason: str,
+               context: Mapping[str, ContextValue]) -> None:
+        """Write one record that describes no operation of its own (a summary of failures
+        that were refused without one), in its own transaction; fail closed."""
+        self._record_alone(_Base(action=action, path="", request_id=str(uuid.uuid4()),
+                                 context=canonical_context(context)),
+                           principal, "", outcome, reason, None)
+
+    def authentication_failure(self, caller: Caller) -> str | None:
+        """Why ``caller`` does not authenticate, checked as :meth:`operation` checks it but
+        without a record; ``None`` if it does, or if a row failed its integrity check (the
+        vault must then see and record that itself, in an operation)."""
+        with self.transaction() as session:
+            actor, decision = self._authorise(session, caller, None, None)
+        if (actor is not None and decision.allowed) or decision.reason.startswith(TAMPERED):
+            return None
+        return decision.reason
+
     def _authorise(self, session: Session, caller: Caller, capability: Capability | None,
                    path: str | None) -> tuple[Actor | None, Decision]:
         principal = self._principal(session, caller)
