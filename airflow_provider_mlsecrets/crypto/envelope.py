@@ -16,11 +16,17 @@ its data key, which only that KEK unwraps. Keeping ``kek_id`` out of the payload
 lets a key rotation re-wrap data keys without decrypting a single payload
 (:meth:`Envelope.rewrap`). Every failure to open raises the same opaque
 :class:`IntegrityError`.
+
+A ``kek_id`` is checked before the HSM is asked anything: it must be a KEK label,
+``<prefix>-kek-<n>`` (with ``kek_prefix``, exactly this vault's prefix). The token holds MAC
+keys too; a row naming one (``<prefix>-audit-mac``) must fail as tampering, never reach the
+HSM as if it were an AES key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +41,16 @@ FORMAT_VERSION = 1
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
 UNAUTHENTIC = "the data could not be authenticated"
+KEK_VERSION = r"-kek-[1-9][0-9]{0,8}"
+_ANY_KEK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}" + KEK_VERSION)
+
+
+def is_kek_label(kek_id: str, prefix: str | None = None) -> bool:
+    """Whether ``kek_id`` is exactly a KEK label (``<prefix>-kek-<n>``, no leading zero), of
+    the vault with ``prefix`` when one is given."""
+    if prefix is None:
+        return _ANY_KEK.fullmatch(kek_id) is not None
+    return re.fullmatch(re.escape(prefix) + KEK_VERSION, kek_id) is not None
 
 
 @dataclass(frozen=True)
@@ -66,13 +82,21 @@ class Binding:
 class Envelope:
     """Seal and open secret versions with per-version data keys wrapped in the HSM."""
 
-    def __init__(self, keys: KeyProvider, *, random: Callable[[int], bytes] = os.urandom):
+    def __init__(self, keys: KeyProvider, *, kek_prefix: str | None = None,
+                 random: Callable[[int], bytes] = os.urandom):
         self._keys = keys
+        self._prefix = kek_prefix
         self._random = random
+
+    def _kek(self, kek_id: str) -> KekId:
+        if not is_kek_label(kek_id, self._prefix):
+            raise IntegrityError(UNAUTHENTIC)
+        return KekId(kek_id)
 
     def seal(self, plaintext: bytes, binding: Binding, kek_id: KekId) -> Sealed:
         if not isinstance(plaintext, bytes):
             raise TypeError("plaintext must be bytes")
+        kek_id = self._kek(kek_id)
         data_key = self._random(DATA_KEY_BYTES)
         nonce = self._random(NONCE_BYTES)
         ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, binding.payload_ad())
@@ -89,6 +113,7 @@ class Envelope:
 
     def rewrap(self, sealed: Sealed, binding: Binding, new_kek: KekId) -> Sealed:
         """Move the data key under ``new_kek``; the payload is not decrypted or changed."""
+        new_kek = self._kek(new_kek)
         data_key = self._unwrap(sealed, binding)
         wrapped = self._keys.wrap(new_kek, data_key, binding.key_ad(new_kek))
         return Sealed(kek_id=new_kek, wrapped_key=wrapped, nonce=sealed.nonce,
@@ -97,8 +122,9 @@ class Envelope:
     def _unwrap(self, sealed: Sealed, binding: Binding) -> bytes:
         if sealed.format_version != FORMAT_VERSION or len(sealed.nonce) != NONCE_BYTES:
             raise IntegrityError(UNAUTHENTIC)
+        kek_id = self._kek(sealed.kek_id)
         data_key = self._keys.unwrap(
-            sealed.kek_id, sealed.wrapped_key, binding.key_ad(sealed.kek_id, sealed.format_version))
+            kek_id, sealed.wrapped_key, binding.key_ad(kek_id, sealed.format_version))
         if len(data_key) != DATA_KEY_BYTES:
             raise IntegrityError(UNAUTHENTIC)
         return data_key

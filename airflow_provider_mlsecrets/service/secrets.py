@@ -12,7 +12,13 @@ from sqlalchemy import Integer, Row, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from airflow_provider_mlsecrets.crypto import sealed as sealed_tokens
-from airflow_provider_mlsecrets.crypto.envelope import UNAUTHENTIC, Binding, Envelope, Sealed
+from airflow_provider_mlsecrets.crypto.envelope import (
+    UNAUTHENTIC,
+    Binding,
+    Envelope,
+    Sealed,
+    is_kek_label,
+)
 from airflow_provider_mlsecrets.errors import (
     AccessDenied,
     IntegrityError,
@@ -84,7 +90,8 @@ class SecretsService:
     @property
     def envelope(self) -> Envelope:
         if self._envelope is None:
-            self._envelope = Envelope(self._core.keys)
+            self._envelope = Envelope(self._core.keys,
+                                      kek_prefix=self._core.settings.key_prefix)
         return self._envelope
 
     # -- writing ---------------------------------------------------------------------
@@ -132,7 +139,7 @@ class SecretsService:
         """Seal ``value`` as the next version, ``pending`` until :meth:`make_current`."""
         self._check_value(value)
         version = secret.latest_version + 1
-        kek = KekId(current_kek(session, share=True).label)
+        kek = self._current_kek(session)
         sealed = self.envelope.seal(value, self._binding(session, secret.path, version), kek)
         row = SecretVersion(
             secret_id=secret.id, version=version, state=VersionState.PENDING.value,
@@ -203,11 +210,17 @@ class SecretsService:
 
     def seal(self, caller: Caller, path: str, value: bytes) -> str:
         """A sealed token for ``value`` bound to ``path`` (``write`` on the path); nothing is
-        stored. It opens only through :meth:`unseal` for a principal with ``inject``."""
+        stored. It opens only through :meth:`unseal` for a principal with ``inject``, and
+        not while a secret at ``path`` is deleted (so none is made for one)."""
         path = parse_path(path)
         self._check_value(value)
         with self._core.operation(caller, "secret.seal", Capability.WRITE, path) as op:
-            kek = KekId(current_kek(op.session, share=True).label)
+            if _unservable(self.find(op.session, path)):
+                raise InvalidInput(
+                    f"{path} is deleted or has no current version, so a value sealed for it "
+                    f"would not open; 'mlsecrets secret undelete {path}' (or put a new "
+                    "version) first")
+            kek = self._current_kek(op.session)
             sealed = self.envelope.seal(
                 value, sealed_tokens.binding(self._core.vault_id(op.session), path), kek)
             return sealed_tokens.to_token(sealed)
@@ -223,7 +236,7 @@ class SecretsService:
                 old = sealed_tokens.from_token(token)
                 check_usable(op.session, old.kek_id)
                 new = self.envelope.rewrap(
-                    old, binding, KekId(current_kek(op.session, share=True).label))
+                    old, binding, self._current_kek(op.session))
             except KeyMissing:
                 raise IntegrityError("the data could not be authenticated") from None
             op.reason += f"; {old.kek_id} -> {new.kek_id}"
@@ -231,9 +244,18 @@ class SecretsService:
 
     def unseal(self, caller: Caller, path: str, token: str) -> bytes:
         """Open a sealed token as ``path`` (``inject``); a token sealed for another path or
-        vault, or altered, raises :class:`IntegrityError` and is audited as an error."""
+        vault, or altered, raises :class:`IntegrityError` and is audited as an error.
+
+        A path where the vault holds a secret follows that secret: once it is deleted, or
+        its current version destroyed, sealed values for the path are refused like the
+        secret itself (until it is undeleted or written again). Deleting the secret is how
+        a security engineer withdraws what was sealed for its name."""
         path = parse_path(path)
         with self._core.operation(caller, "secret.unseal", Capability.INJECT, path) as op:
+            if _unservable(self.find(op.session, path)):
+                raise AccessDenied(
+                    f"{path} is deleted or has no current version, so values sealed for it "
+                    f"no longer open ('mlsecrets secret undelete {path}' restores them)")
             try:
                 sealed = sealed_tokens.from_token(token)
                 check_usable(op.session, sealed.kek_id)
@@ -288,13 +310,18 @@ class SecretsService:
                 error = AccessDenied if absent is not None else NotFound
                 raise error(f"version {found.v_version} of {path} was destroyed")
             op.version = found.v_version
+            self._check_kek(path, found.v_version, found.kek_id)
             if found.kek_state not in USABLE_KEK_STATES:
-                raise IntegrityError(UNAUTHENTIC)
+                raise IntegrityError(
+                    f"{UNAUTHENTIC}: version {found.v_version} of {path} names key-encryption "
+                    f"key {found.kek_id!r}, which the key table does not list as current or "
+                    "retired (disabled, or the row was altered outside the vault)")
             value = self._unseal(op.session, path, found.v_version, found)
         return value
 
     def decrypt(self, session: Session, path: str, row: SecretVersion) -> bytes:
         """The plaintext of a version row, inside an operation that was authorised for it."""
+        self._check_kek(path, row.version, row.kek_id)
         check_usable(session, row.kek_id)
         return self._unseal(session, path, row.version, row)
 
@@ -302,10 +329,39 @@ class SecretsService:
         if row.wrapped_key is None or row.nonce is None or row.ciphertext is None:
             raise IntegrityError(f"version {version} of {path} has no data but is not "
                                  "marked destroyed: altered outside the vault")
-        return self.envelope.open(
-            Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
-                   ciphertext=row.ciphertext, format_version=row.format_version),
-            self._binding(session, path, version))
+        self._check_kek(path, version, row.kek_id)
+        try:
+            return self.envelope.open(
+                Sealed(kek_id=KekId(row.kek_id), wrapped_key=row.wrapped_key, nonce=row.nonce,
+                       ciphertext=row.ciphertext, format_version=row.format_version),
+                self._binding(session, path, version))
+        except KeyMissing:
+            # the key table lists the key as usable, yet the HSM has no such key
+            raise IntegrityError(
+                f"version {version} of {path} names key-encryption key {row.kek_id!r}, which "
+                "the key table lists but the HSM does not hold: the key table was altered "
+                "outside the vault, or the token was replaced (check MLSECRETS_PKCS11_TOKEN); "
+                "restore the database from backup") from None
+
+    def _current_kek(self, session: Session) -> KekId:
+        """The KEK to seal under (shared lock: see :func:`current_kek`), which must be a KEK
+        label of this vault whatever the key table says."""
+        label = current_kek(session, share=True).label
+        if not is_kek_label(label, self._core.settings.key_prefix):
+            raise IntegrityError(
+                f"the key table names {label!r} as the current key-encryption key, which is "
+                "not a key-encryption key of this vault: the table was altered outside the "
+                "vault; restore it from backup")
+        return KekId(label)
+
+    def _check_kek(self, path: str, version: int, kek_id: str | None) -> None:
+        """A version names a KEK of this vault (``<prefix>-kek-<n>``) or it was altered: the
+        token's MAC keys are never handed to the HSM as if they were KEKs."""
+        if kek_id is None or not is_kek_label(kek_id, self._core.settings.key_prefix):
+            raise IntegrityError(
+                f"version {version} of {path} names {kek_id!r}, which is not a key-encryption "
+                "key of this vault: the row was altered outside the vault; restore it from "
+                "backup and check the audit trail ('mlsecrets audit verify')")
 
     def _readable(self, session: Session, path: str, version: int | None) -> Row[Any]:
         """The secret at ``path`` joined with the asked (or current) version and the state
@@ -414,6 +470,13 @@ class SecretsService:
             erase(row)
             pruned.append(row.version)
         return sorted(pruned)
+
+
+def _unservable(secret: Secret | None) -> bool:
+    """A secret that exists but is not served: soft-deleted, or its current version
+    destroyed."""
+    return secret is not None and (secret.deleted_at is not None
+                                   or secret.current_version is None)
 
 
 def retire(row: SecretVersion) -> None:
