@@ -27,14 +27,21 @@ def decide(role: Role, rules: tuple[Rule, ...] | list[Rule], capability: Capabil
            path: str | None) -> Decision:
     """Whether a principal of ``role`` with ``rules`` may use ``capability`` on ``path``.
 
-    ``path`` is ``None`` for actions that concern no secret (managing principals, reading
-    the audit trail): only a deny on ``**`` or the role itself decides those.
+    ``path`` is ``None`` for actions that concern no one secret (reading the audit trail,
+    listing keys, managing principals): they reach every path at once, so a deny of the
+    capability on *any* pattern refuses them (``**``, ``**/**`` or ``team-b/**`` alike), and
+    only an allow on ``**`` or the role itself grants them.
     """
-    applicable = [r for r in rules if capability in r.capabilities
-                  and (matches(r.pattern, path) if path is not None else r.pattern == "**")]
+    if path is None:
+        applicable = [r for r in rules if capability in r.capabilities
+                      and (r.deny or r.pattern == "**")]
+    else:
+        applicable = [r for r in rules if capability in r.capabilities
+                      and matches(r.pattern, path)]
     for rule in applicable:
         if rule.deny:
-            return Decision(False, f"explicit deny of {capability.value} on {rule.pattern}")
+            return Decision(False, f"explicit deny of {capability.value} on {rule.pattern}"
+                            + ("" if path is not None else " (this action reaches every path)"))
     if capability is Capability.GRANT and any(r.deny for r in rules):
         # Creating principals or granting could hand on what the fence withholds.
         return Decision(False, "a principal fenced by an explicit deny cannot grant or create "
