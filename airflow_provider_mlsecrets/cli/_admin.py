@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ def _init(args: argparse.Namespace, ctx: Context) -> None:
         raise ConfigurationError(f"MLSECRETS_URL is set ({settings.url}): a vault is "
                                  "initialised where it runs, with its HSM and database; unset "
                                  "MLSECRETS_URL there")
+    _private_home(settings.home, ctx)
     if not settings.pkcs11_module:
         if not args.dev:
             raise ConfigurationError(
@@ -90,6 +92,26 @@ def _init(args: argparse.Namespace, ctx: Context) -> None:
     ctx.output.message("\n".join(lines), {
         "vault_id": result.vault_id, "changed": True, "created": result.created,
         "token_file": str(token_out) if result.admin_token else None})
+
+
+def _private_home(home: Path, ctx: Context) -> None:
+    """``MLSECRETS_HOME`` holds the PIN file, tokens and the default database: create it
+    0700, and say so when an existing one is open to other users (it is the user's directory
+    to change, so it is not changed here)."""
+    try:
+        home.mkdir(parents=True, mode=0o700)
+        return
+    except FileExistsError:
+        pass
+    mode = stat.S_IMODE(home.stat().st_mode)
+    if mode & 0o077:
+        ctx.output.warn(f"warning: {home} (MLSECRETS_HOME) has mode {mode:04o}: other users "
+                        "can enter it and read any file in it that is not private (a token "
+                        f"saved with '>', a checkpoint); 'chmod 700 {home}'")
+    stale = home / "pkcs11.so-pin"
+    if stale.exists():
+        ctx.output.warn(f"warning: {stale} was written by an earlier release; nothing reads "
+                        "it, and it lets whoever reads it reset the token's user PIN: delete it")
 
 
 def _status(args: argparse.Namespace, ctx: Context) -> None:

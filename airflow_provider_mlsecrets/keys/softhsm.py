@@ -2,8 +2,12 @@
 
 The token lives under ``$MLSECRETS_HOME/softhsm`` with its own configuration file
 (``library.reset_on_fork = true``, so it behaves like a network HSM across forks). Its PINs
-are random, written to 0600 files, and never put on a command line: the token is created
-with throwaway PINs and the real ones are then set through PKCS#11.
+are random and never put on a command line: the token is created with throwaway PINs and
+the real ones are then set through PKCS#11. The user PIN is written to a 0600 file; the
+security officer's PIN is not kept anywhere. The vault never logs in as the SO, and on a
+development token the SO could only reset the user PIN or re-initialise the token, which
+deleting ``softhsm/`` and running ``init --dev`` again does as well; a copy beside the user
+PIN would only be a second key to the same door.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def provision(home: Path, label: str) -> DevToken:
     util = shutil.which("softhsm2-util")
     if util is None:
         raise HSMUnavailable("softhsm2-util is not on PATH; install the softhsm2 package")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)  # mode applies only if it is new
     tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(base, 0o700)
     conf.write_text(CONF_TEMPLATE.format(tokens=tokens), encoding="utf-8")
@@ -77,12 +82,14 @@ def provision(home: Path, label: str) -> DevToken:
     if result.returncode != 0:
         raise ConfigurationError(f"softhsm2-util could not create the token: "
                                  f"{result.stderr.strip() or result.stdout.strip()}")
-    _set_real_pins(module, conf, label, throwaway_so, throwaway_user, home, pin_file)
+    _set_real_pins(module, conf, label, throwaway_so, throwaway_user, pin_file)
     return token
 
 
 def _set_real_pins(module: str, conf: Path, label: str, old_so: str, old_user: str,
-                   home: Path, pin_file: Path) -> None:
+                   pin_file: Path) -> None:
+    """Replace the PINs that were on ``softhsm2-util``'s command line: the user PIN with
+    one kept in ``pin_file``, the SO PIN with one that is used here once and forgotten."""
     import pkcs11
 
     from airflow_provider_mlsecrets.keys import _session
@@ -96,6 +103,5 @@ def _set_real_pins(module: str, conf: Path, label: str, old_so: str, old_user: s
         with token.open(rw=True, user_pin=old_user) as session:
             session.set_pin(old_user, user_pin)
         with token.open(rw=True, so_pin=old_so) as session:
-            session.set_pin(old_so, so_pin)
-    write_private(home / "pkcs11.so-pin", so_pin + "\n")
+            session.set_pin(old_so, so_pin)  # then forgotten: never written anywhere
     write_private(pin_file, user_pin + "\n")
