@@ -38,7 +38,7 @@ class Cli:
 
     def token_for(self, name: str, role: str) -> Path:
         path = self.home / f"{name}.token"
-        path.write_text(self.ok("principal", "create", name, "--role", role))
+        self.ok("principal", "create", name, "--role", role, "--out", str(path))
         return path
 
 
@@ -55,8 +55,10 @@ def test_init_is_idempotent_and_files_are_private(cli: Cli) -> None:
     again = cli("init", "--dev")
     assert again.returncode == 0 and b"already initialised; nothing changed" in again.stdout
     assert (cli.home / "admin.token").read_text() == first_token
-    for name in ("admin.token", "pkcs11.pin", "pkcs11.so-pin", "vault.db", "config.json"):
+    for name in ("admin.token", "pkcs11.pin", "vault.db", "config.json"):
         assert stat.S_IMODE((cli.home / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(cli.home.stat().st_mode) == 0o700
+    assert not (cli.home / "pkcs11.so-pin").exists()  # the SO PIN is not kept
     config = json.loads((cli.home / "config.json").read_text())
     assert "MLSECRETS_PKCS11_PIN" not in config and "library.reset_on_fork = true" in Path(
         config["MLSECRETS_SOFTHSM2_CONF"]).read_text()

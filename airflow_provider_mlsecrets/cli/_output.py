@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from airflow_provider_mlsecrets._files import private_file
+from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.plain import plain
 
 PIPE_WIDTH = 200  # tables piped to a file or a pager are not cut to 80 columns
@@ -87,3 +91,34 @@ class Output:
 def write_lines(lines: Iterable[str]) -> None:
     for line in lines:
         sys.stdout.write(line + "\n")
+
+
+@contextmanager
+def credential_file(path: Path, *, force: bool = False) -> Iterator[TextIO]:
+    """A file for a credential, mode 0600 from its first byte, opened *before* the credential
+    exists so that a name that is taken fails first, not after a token was made and lost.
+
+    Without ``force`` it is created ``O_EXCL | O_NOFOLLOW``: an existing file (or a planted
+    symlink) is refused. With ``force`` an existing file is replaced atomically. If the block
+    fails, nothing is left behind."""
+    if force:
+        with private_file(path) as handle:
+            yield handle
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise InvalidInput(f"{path} already exists; give --force to replace it, or another "
+                           "file") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlsecrets.cli._output import credential_file
 from airflow_provider_mlsecrets.durations import parse_moment
+from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.policy.roles import Capability, Role
 
 if TYPE_CHECKING:
@@ -21,6 +25,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
     create.add_argument("--expires", metavar="WHEN",
                         help="a duration from now (30d) or a date and time (2027-01-31)")
+    create.add_argument("--out", type=Path, metavar="FILE",
+                        help="write the token to FILE (created with mode 0600; an existing "
+                             "FILE is refused) instead of printing it")
+    create.add_argument("--force", action="store_true",
+                        help="with --out: replace FILE if it exists")
     create.set_defaults(handler=_create)
     sub.add_parser("list", parents=[common], help="list principals").set_defaults(handler=_list)
     revoke = sub.add_parser("revoke", parents=[common], help="revoke a principal's token")
@@ -51,6 +60,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _create(args: argparse.Namespace, ctx: Context) -> None:
     expires = parse_moment(args.expires, future=True) if args.expires else None
+    if args.out is not None:
+        _create_into(args, ctx, expires)
+        return
+    if args.force:
+        raise InvalidInput("--force goes with --out FILE")
     token = ctx.vault.access.create_principal(ctx.caller, args.name, args.role, expires)
     if ctx.output.as_json:
         ctx.output.data({"name": args.name, "role": args.role, "token": token})
@@ -58,6 +72,18 @@ def _create(args: argparse.Namespace, ctx: Context) -> None:
         print(token)
         ctx.output.warn(f"principal {args.name} created as {args.role}; the token above is "
                         "shown once: store it now")
+
+
+def _create_into(args: argparse.Namespace, ctx: Context, expires: datetime | None) -> None:
+    """The token goes to a 0600 file opened before the principal is made: a taken or
+    unwritable file costs no principal, and a refused create leaves no file."""
+    with credential_file(args.out, force=args.force) as handle:
+        token = ctx.vault.access.create_principal(ctx.caller, args.name, args.role, expires)
+        handle.write(token + "\n")
+    ctx.output.message(
+        f"principal {args.name} created as {args.role}; its token is in {args.out} (mode "
+        "0600), shown nowhere else",
+        {"name": args.name, "role": args.role, "token_file": str(args.out)})
 
 
 def _list(args: argparse.Namespace, ctx: Context) -> None:
