@@ -171,6 +171,7 @@ def test_the_cli_answers_any_arguments_with_an_exit_code(
     monkeypatch.setenv("MLSECRETS_HOME", str(tmp_path))
     monkeypatch.setenv("MLSECRETS_TOKEN", str(env.admin.token))
     monkeypatch.delenv("MLSECRETS_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))  # never ~/airflow
     monkeypatch.chdir(tmp_path)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \

@@ -11,7 +11,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlsecrets.errors import InvalidInput, MLSecretsError, NotFound
+from airflow_provider_mlsecrets.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MLSecretsError,
+    NotFound,
+)
 from airflow_provider_mlsecrets.paths import parse_path
 
 if TYPE_CHECKING:
@@ -84,14 +89,21 @@ def _metastore_items(args: argparse.Namespace) -> list[tuple[str, str, str, Any]
     from airflow.models.connection import Connection
     from airflow.models.variable import Variable
     from airflow.utils.session import create_session
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     items: list[tuple[str, str, str, Any]] = []
-    with create_session() as session:
-        for conn in session.query(Connection).order_by(Connection.conn_id):
-            items.append(("connection", conn.conn_id, conn.as_json(), conn))
-        for var in session.query(Variable).order_by(Variable.key):
-            items.append(("variable", var.key, var.val, var))
-        session.expunge_all()
+    try:
+        with create_session() as session:
+            for conn in session.query(Connection).order_by(Connection.conn_id):
+                items.append(("connection", conn.conn_id, conn.as_json(), conn))
+            for var in session.query(Variable).order_by(Variable.key):
+                items.append(("variable", var.key, var.val, var))
+            session.expunge_all()
+    except (OperationalError, ProgrammingError):
+        raise ConfigurationError(
+            "cannot read Airflow's metadata database (no connection or variable table): "
+            "run this where Airflow is configured (AIRFLOW_HOME, [database] sql_alchemy_conn) "
+            "and its database is migrated ('airflow db migrate')") from None
     return items
 
 
