@@ -128,7 +128,8 @@ class KeyService:
                 _RETIRED_KEYS.where(_VERSIONS.c.id.not_in(skip) if skip else true())
                 .limit(BATCH)).all()
             # straight to the HSM: data keys being moved are not kept in the key cache
-            envelope, done, bad = Envelope(uncached(self._core.keys)), [], []
+            envelope, done, bad = Envelope(uncached(self._core.keys),
+                                            kek_prefix=self._core.settings.key_prefix), [], []
             for row in rows:
                 try:
                     if row.nonce is None or not row.has_payload:

@@ -83,7 +83,7 @@ def _create(url: str) -> Engine:
 def _create_private_file(path: str) -> None:
     """Create the database file 0600 before SQLite does (its WAL and SHM files inherit
     the mode): ciphertext is still nobody else's business."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
