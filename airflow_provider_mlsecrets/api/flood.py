@@ -129,7 +129,8 @@ class FloodGuard:
 def write_summary(core: Core, summary: Summary, ceiling: float) -> None:
     """One ``auth.failures`` record (outcome ``denied``, principal ``<unauthenticated>``)
     for the failures of a window, written through the vault's own discipline."""
-    assert summary.first is not None and summary.last is not None
+    if summary.first is None or summary.last is None:
+        return  # nothing was counted: nothing to write
     context: dict[str, str | int | None] = {
         "component": "http", "failures": summary.failures,
         "addresses": ",".join(summary.addresses), "distinct_addresses": len(summary.distinct),
