@@ -10,6 +10,8 @@ collected for our own redactor. Failures name the reference, never a value.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,8 @@ from airflow_provider_mlsecrets.errors import (
     StoreError,
 )
 from airflow_provider_mlsecrets.injection.references import CONN_FIELDS, Reference
+
+log = logging.getLogger(__name__)
 
 
 class ResolutionError(Exception):
@@ -39,9 +43,14 @@ class Resolved:
 
 
 def resolve(refs: dict[str, Reference], hook: Any) -> Resolved:
-    from airflow_provider_mlsecrets._process import disable_core_dumps
+    from airflow_provider_mlsecrets._process import disable_core_dumps, refuse_inspection
 
-    disable_core_dumps()  # the task process and the child it starts will hold the values
+    # the task process will hold the values, and so will the child it starts: no core file,
+    # and no reading of its memory by another process of the same user (docs/injection.md)
+    disable_core_dumps()
+    if not refuse_inspection() and sys.platform.startswith("linux"):
+        log.warning("mlsecrets: this task process could not be made undumpable; other "
+                    "processes of its Unix user can read the injected values from its memory")
     out = Resolved()
     for name, ref in refs.items():
         value, derived = _resolve_one(ref, hook)

@@ -34,6 +34,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_mlsecrets._process import refuse_inspection
 from airflow_provider_mlsecrets.errors import InvalidInput
 from airflow_provider_mlsecrets.injection.redact import Redactor
 from airflow_provider_mlsecrets.injection.references import parse_env
@@ -216,7 +217,10 @@ def clean_base_env() -> dict[str, str]:
 
 def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
                 env: dict[str, str], cwd: str | None, out_fd: int, send: Any) -> None:
-    """In the forked child: our own session, environment and output; run, report, leave."""
+    """In the forked child: our own session, environment and output; run, report, leave.
+    The child is made undumpable before it takes the values, so no other process of the
+    same Unix user reads its environment or memory (root and a later exec aside)."""
+    refuse_inspection()  # inherited from the task process already; here as well, explicitly
     os.setsid()
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
