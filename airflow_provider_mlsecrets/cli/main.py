@@ -1,7 +1,7 @@
 """``mlsecrets``: a thin CLI. Parse, call the vault, format; one fatal-exit path.
 
 Exit codes: 0 success; 2 usage or invalid input; 3 access denied; 4 not found;
-5 integrity failure; 1 anything else.
+5 integrity failure; 6 ``doctor`` found a hazard; 1 anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from airflow_provider_mlsecrets.cli import (
     _airflow,
     _audit,
     _backup,
+    _doctor,
     _principals,
     _rotation,
     _secrets,
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (_admin, _secrets, _rotation, _principals, _audit, _backup, _airflow,
-                   _serve):
+                   _serve, _doctor):
         module.register(commands, common)
     return parser
 
