@@ -3,10 +3,18 @@ shared by the tests that go through Airflow's own paths."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,3 +96,158 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv
     yield air
 
 
+
+
+# -- a whole deployment: API server (the only process with the vault), scheduler,
+# dag-processor and a LocalExecutor whose task processes hold no vault settings ---------
+MASKED_VALUE = "https://masked.internal/canary-2f7c"
+JSON_LEAF = "json-leaf-canary-61ad"
+DENIED_VALUE = "denied-var-canary-77e1"
+DENIED_PASSWORD = "denied-db-canary-5b3c"
+CLUSTER_DAGS = ("mlsecrets_denied_lookups", "mlsecrets_masked_values")
+
+
+@dataclass
+class Cluster:
+    """Real Airflow processes sharing one ``airflow.cfg`` (the environment below):
+    ``[secrets] backend`` is MLSecretsBackend everywhere, with no token anywhere; only the
+    API server has ``MLSECRETS_HOME`` (the vault's PIN file, module and database)."""
+
+    url: str
+    home: Path
+    vault: Vault
+    admin: Caller
+    env: dict[str, str]
+    jwt_secret: str
+    logs: dict[str, Path]
+
+    def airflow(self, *args: str) -> subprocess.CompletedProcess[str]:
+        got = subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True,
+                             text=True, env=self.env, timeout=300, check=False)
+        assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+        return got
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.home / "airflow.db", timeout=30)
+
+    def run_dag(self, dag_id: str, timeout: float = 240) -> str:
+        """Trigger ``dag_id`` and wait until its run finishes; the run id."""
+        run_id = f"test__{uuid.uuid4().hex[:8]}"
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.closing(self.db()) as db:
+                row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?",
+                                 (dag_id, run_id)).fetchone()
+            if row and row[0] in ("success", "failed"):
+                return run_id
+            for name, log in self.logs.items():
+                assert self.processes[name].poll() is None, (
+                    f"airflow {name} exited: {log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)
+        pytest.fail(f"{dag_id} did not finish in {timeout} s")
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int) -> str:
+        [path] = (self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" /
+                  f"task_id={task_id}").glob(f"attempt={attempt}.log")
+        return path.read_text(errors="replace")
+
+    def output(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace")
+
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    vault_home = base / "vault"
+    dev = provision(vault_home, "mlsecrets")
+    settings = Settings(home=vault_home, db_url=f"sqlite:///{vault_home / 'vault.db'}",
+                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
+                        softhsm2_conf=dev.conf)
+    (vault_home / "config.json").write_text(json.dumps(settings.as_config()))
+    vault = Vault(settings)
+    admin = Caller(vault.initialise().admin_token)
+    for path, value in (("variables/masked_endpoint", MASKED_VALUE),
+                        ("variables/masked_json",
+                         json.dumps({"api_key": JSON_LEAF, "region": "eu-west-9"})),
+                        ("variables/denied_var", DENIED_VALUE),
+                        ("connections/denied_db",
+                         f"postgres://u:{DENIED_PASSWORD}@db.internal/db")):
+        vault.secrets.put(admin, path, value.encode())
+    vault.access.create_principal(admin, "dag:mlsecrets_masked_values", "pipeline")
+    vault.access.grant(admin, "dag:mlsecrets_masked_values", "variables/masked_*", ["inject"])
+    vault.access.create_principal(admin, "dag:mlsecrets_denied_lookups", "pipeline")
+    vault.access.grant(admin, "dag:mlsecrets_denied_lookups", "variables/masked_endpoint",
+                       ["inject"])
+    dags = base / "dags"
+    dags.mkdir()
+    shutil.copy(ROOT / "tests" / "dags" / "mlsecrets_task_identity.py", dags)
+    home = base / "airflow"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    jwt_secret = "test-only-" + secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLSECRETS_"))}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(dags), AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+               AIRFLOW__CORE__PARALLELISM="2",
+               AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+               AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
+               AIRFLOW__API_AUTH__JWT_SECRET=jwt_secret,
+               AIRFLOW__SECRETS__BACKEND=BACKEND,  # shared: a relay where there is no vault
+               AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="120",
+               MLSECRETS_HOME=str(base / "no-vault-here"))  # no ~/.mlsecrets either
+    cluster = Cluster(url=url, home=home, vault=vault, admin=admin, env=env,
+                      jwt_secret=jwt_secret, logs={})
+    cluster.airflow("db", "migrate")
+    commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
+                "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
+    try:
+        for name, command in commands.items():
+            log = cluster.logs[name] = base / f"{name}.log"
+            process_env = dict(env)
+            if name == "api-server":
+                process_env["MLSECRETS_HOME"] = str(vault_home)
+            with log.open("wb") as out:
+                cluster.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "airflow", *command], env=process_env,
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_until_ready(cluster)
+        yield cluster
+    finally:
+        for process in cluster.processes.values():
+            process.terminate()
+        for process in cluster.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def _wait_until_ready(cluster: Cluster) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for name, process in cluster.processes.items():
+            assert process.poll() is None, (
+                f"airflow {name} exited: {cluster.output(name)[-3000:]}")
+        try:
+            up = urllib.request.urlopen(
+                f"{cluster.url}/api/v2/monitor/health", timeout=2).status == 200
+        except OSError:
+            up = False
+        if up:
+            with contextlib.closing(cluster.db()) as db:
+                parsed = {r[0] for r in db.execute(
+                    "SELECT dag_id FROM dag WHERE is_paused = 0").fetchall()}
+            if parsed >= set(CLUSTER_DAGS):
+                return
+        time.sleep(1)
+    pytest.fail("the Airflow API server, scheduler and dag-processor were not ready in 180 s")

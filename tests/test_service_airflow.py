@@ -4,6 +4,7 @@ from the task's own token, so one DAG cannot obtain another DAG's secrets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -15,7 +16,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.airflow_env import BACKEND, ROOT, AirflowEnv
+from airflow_provider_mlsecrets.service.audit import AuditView
+from tests.airflow_env import (
+    BACKEND,
+    DENIED_PASSWORD,
+    DENIED_VALUE,
+    JSON_LEAF,
+    MASKED_VALUE,
+    ROOT,
+    AirflowEnv,
+    Cluster,
+)
+from tests.airflow_env import airflow_cluster as airflow_cluster  # the fixture
 from tests.airflow_env import airflow_env as airflow_env  # the fixture
 from tests.test_service import free_port, wait_for
 
@@ -161,3 +173,53 @@ def test_injection_through_airflow_is_scoped_to_the_dag(
     db = sqlite3.connect(airflow_env.home / "airflow.db")
     assert not db.execute("SELECT 1 FROM xcom WHERE dag_id = 'mlsecrets_scope_inject_a' AND "
                           "run_id LIKE '%' AND value = '13'").fetchall()
+
+
+# -- on a real deployment: API server, scheduler, dag-processor, LocalExecutor --------------
+def _denied_records(cluster: Cluster, path: str) -> list[AuditView]:
+    return [r for r in cluster.vault.audit.tail(cluster.admin, 200)
+            if r.action == "secret.inject" and r.path == path and r.outcome == "denied"]
+
+
+def test_a_denial_is_final_fast_and_quiet(airflow_cluster: Cluster) -> None:
+    run_id = airflow_cluster.run_dag("mlsecrets_denied_lookups")
+    with contextlib.closing(airflow_cluster.db()) as db:
+        states = dict(db.execute(
+            "SELECT task_id, state || ':' || try_number FROM task_instance WHERE dag_id = ? "
+            "AND run_id = ?", ("mlsecrets_denied_lookups", run_id)).fetchall())
+    assert states == {"variable": "failed:2", "connection": "failed:2"}
+    for task_id, path, value in (("variable", "variables/denied_var", DENIED_VALUE),
+                                 ("connection", "connections/denied_db", DENIED_PASSWORD)):
+        for attempt in (1, 2):
+            log = airflow_cluster.task_log("mlsecrets_denied_lookups", run_id, task_id,
+                                           attempt)
+            assert "Access denied" in log, log[-3000:]
+            assert "not found" not in log.lower() and value not in log
+            # the Task SDK retries only server errors: a retry would be another request
+            assert "Retrying" not in log and "API_SERVER_ERROR" not in log
+        records = [r for r in _denied_records(airflow_cluster, path)
+                   if r.context.get("run_id") == run_id]
+        assert [(r.principal, r.context["try_number"]) for r in records] == [
+            ("dag:mlsecrets_denied_lookups", 1), ("dag:mlsecrets_denied_lookups", 2)]
+    server = airflow_cluster.output("api-server")
+    assert "Traceback" not in server and "Exception in ASGI application" not in server
+    for attempt in (1, 2):  # one line for each refusal: who, what, why
+        assert (f"dag:mlsecrets_denied_lookups (task variable, run {run_id}, try {attempt}) "
+                "was refused the variable 'denied_var': access denied: no grant of inject "
+                "covers variables/denied_var") in server
+    assert DENIED_VALUE not in server and DENIED_PASSWORD not in server
+
+
+def test_values_reach_the_workers_masker_without_vault_settings(
+        airflow_cluster: Cluster) -> None:
+    run_id = airflow_cluster.run_dag("mlsecrets_masked_values")
+    log = airflow_cluster.task_log("mlsecrets_masked_values", run_id, "show", 1)
+    events = [json.loads(line).get("event", "") for line in log.splitlines()]
+    assert "variable says ***" in events and "json leaf says ***" in events, log[-3000:]
+    assert "printed variable ***" in events
+    assert MASKED_VALUE not in log and JSON_LEAF not in log
+    allowed = [r for r in airflow_cluster.vault.audit.tail(airflow_cluster.admin, 50)
+               if r.context.get("run_id") == run_id and r.outcome == "allowed"]
+    assert {(r.principal, r.path, r.context["verified_by"]) for r in allowed} == {
+        ("dag:mlsecrets_masked_values", "variables/masked_endpoint", "execution-api"),
+        ("dag:mlsecrets_masked_values", "variables/masked_json", "execution-api")}

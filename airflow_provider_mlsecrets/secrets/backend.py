@@ -14,24 +14,30 @@ never serve a secret of the same name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 from airflow.secrets.base_secrets import BaseSecretsBackend
 
-from airflow_provider_mlsecrets.errors import InvalidInput, MLSecretsError, NotFound
+from airflow_provider_mlsecrets.errors import AccessDenied, InvalidInput, MLSecretsError, NotFound
 from airflow_provider_mlsecrets.injection.resolve import SECRET_KEY_PREFIX
 from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.paths import parse_path
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_provider_mlsecrets.audit.record import ContextValue
     from airflow_provider_mlsecrets.service import Caller, Vault
 
 log = logging.getLogger(__name__)
+_TASK_IDENTITY = "airflow_provider_mlsecrets.api.task_identity"
+UNVERIFIED_TASK = "<unverified task>"  # the audit principal of a refused task token
 _SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
              "softhsm2_conf", "key_prefix", "token_file")
 
@@ -68,29 +74,74 @@ class MLSecretsBackend(BaseSecretsBackend):
         self._settings = dict(settings)
         self._vault: Vault | None = None
         self._pid: int | None = None
+        self._credential: tuple[int, bool] | None = None  # (pid, configured?)
 
     # -- BaseSecretsBackend ----------------------------------------------------------
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         """As the base class, but the connection is built once and that one is masked
         (building an Airflow ``Connection`` is most of a lookup's cost outside the vault)."""
+        if self.relaying():
+            from airflow_provider_mlsecrets.secrets.relay import relay_connection
+
+            return relay_connection(conn_id) if self._ours("connection", conn_id) else None
         value = self._lookup("connection", conn_id)
         if not value:
             return None
         conn = self.deserialize_connection(conn_id=conn_id, value=value)
-        _mask_parts(conn)
+        mask_connection(conn)
         return conn
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        if self.relaying():
+            conn = self.get_connection(conn_id)
+            return None if conn is None else str(conn.as_json())
         value = self._lookup("connection", conn_id)
         if value is not None:
             self._mask_connection(conn_id, value)
         return value
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        if self.relaying():
+            from airflow_provider_mlsecrets.secrets.relay import relay_variable
+
+            return relay_variable(key) if self._ours("variable", key) else None
         return self._lookup("variable", key)
 
     def get_config(self, key: str) -> str | None:
+        if self.relaying():
+            return None  # configuration is not served through the Execution API
         return self._lookup("config", key)
+
+    def relaying(self) -> bool:
+        """Whether this backend relays to the Execution API instead of opening the vault:
+        in a supervised task process that holds no vault credential (no token, token file
+        or URL), where it could only be refused (see :mod:`.relay`)."""
+        from airflow_provider_mlsecrets.secrets.relay import in_task_process
+
+        if not in_task_process():
+            return False
+        if self._credential is None or self._credential[0] != os.getpid():
+            self._credential = (os.getpid(), self._credential_configured())
+        return not self._credential[1]
+
+    def _credential_configured(self) -> bool:
+        from airflow_provider_mlsecrets.settings import Settings
+
+        try:
+            settings = Settings.load(overrides=self._settings)
+        except MLSecretsError:
+            return True  # misconfigured, not absent: the lookup will say what to fix
+        return bool(settings.token or settings.token_file or settings.url)
+
+    def _ours(self, kind: str, identifier: str) -> bool:
+        """Whether the API server's backend (same prefixes and patterns) serves this key."""
+        if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
+            try:
+                parse_path(identifier.removeprefix(SECRET_KEY_PREFIX))
+            except InvalidInput:
+                return False
+            return True
+        return self.path_for(kind, identifier) is not None
 
     async def aget_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         from asgiref.sync import sync_to_async
@@ -137,51 +188,67 @@ class MLSecretsBackend(BaseSecretsBackend):
         path = self.path_for(kind, identifier)
         if path is None:
             return None
+        who = "this process"
         try:
             vault = self._get_vault()
-            raw = vault.secrets.inject(self._caller(vault), path)
+            caller = self._caller(vault, path)
+            who = _who(caller)
+            raw = vault.secrets.inject(caller, path)
         except NotFound:
             if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
                 # the namespace is ours: no other source may answer for a missing secret
-                raise AirflowSecretsBackendAccessDenied(
-                    f"mlsecrets has no secret at {path}") from None
+                _refuse(f"mlsecrets has no secret at {path}", who=who, kind=kind,
+                        identifier=identifier, why=f"no secret at {path}", status_code=404,
+                        reason="not_found")
             return None
+        except _IdentityRefused as exc:
+            _refuse(f"mlsecrets refused the {kind} {identifier!r}: {exc}", who=exc.who,
+                    kind=kind, identifier=identifier, why=str(exc))
         except MLSecretsError as exc:
-            log.error("mlsecrets refused the %s %r (%s): %s", kind, identifier,
-                      type(exc).__name__, exc)
-            raise AirflowSecretsBackendAccessDenied(
-                f"mlsecrets refused the {kind} {identifier!r}: {exc}") from None
+            if not _in_execution_request():
+                log.error("mlsecrets refused the %s %r (%s): %s", kind, identifier,
+                          type(exc).__name__, exc)
+            denied = isinstance(exc, AccessDenied)
+            _refuse(f"mlsecrets refused the {kind} {identifier!r}: {exc}", who=who, kind=kind,
+                    identifier=identifier, why=str(exc), status_code=403 if denied else 503,
+                    reason="access_denied" if denied else "vault_error")
         except Exception as exc:
             # Anything unforeseen must stop the chain too: falling through would let a lower
             # backend serve this name. Only the type is shown: its text is not ours.
-            log.error("mlsecrets failed on the %s %r (%s)", kind, identifier,
-                      type(exc).__name__)
-            raise AirflowSecretsBackendAccessDenied(
-                f"mlsecrets failed on the {kind} {identifier!r} ({type(exc).__name__})"
-            ) from None
+            if not _in_execution_request():
+                log.error("mlsecrets failed on the %s %r (%s)", kind, identifier,
+                          type(exc).__name__)
+            _refuse(f"mlsecrets failed on the {kind} {identifier!r} ({type(exc).__name__})",
+                    who=who, kind=kind, identifier=identifier, why=type(exc).__name__,
+                    status_code=503,
+                    reason="vault_error")
         try:
             value = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise AirflowSecretsBackendAccessDenied(
                 f"the {kind} {identifier!r} in mlsecrets is not UTF-8 text") from None
-        mask(value)
+        mask_value(value)
         return value
 
     @staticmethod
-    def _caller(vault: Vault) -> Caller:
+    def _caller(vault: Vault, path: str) -> Caller:
         """Who looks this up. Inside the Airflow API server, serving a task's lookup that fell
         through the Execution API, it is that task's DAG (``dag:DAG_ID``), verified from the
-        task's own token, and never this server's token; anywhere else, this process's
-        configured token and the task it runs, if any."""
+        task's own token while that try is running, and never this server's token; anywhere
+        else, this process's configured token and the task it runs, if any."""
         from airflow_provider_mlsecrets.airflow_context import caller_context
         from airflow_provider_mlsecrets.service import Caller
 
         if _in_execution_request():
-            from airflow_provider_mlsecrets.api.airflow_plugin import task_identity
+            from airflow_provider_mlsecrets.api.task_identity import TaskRefused, task_identity
 
-            task = task_identity()  # refuses rather than fall back to this server's token
-            context = {**caller_context(), "component": "airflow api-server",
-                       "verified_by": "execution-api", **task}
+            context = {**caller_context(), "component": "airflow api-server"}
+            try:
+                task = task_identity()  # refuses rather than fall back to this server's token
+            except TaskRefused as exc:
+                raise _audit_refusal(vault, path, context, exc) from None
+            context.update({"verified_by": "execution-api",
+                            **{k: v for k, v in task.items() if k != "team"}})
             return Caller(None, context, verified=(f"dag:{task['dag_id']}",))
         return Caller(vault.settings.read_caller_token(), caller_context())
 
@@ -200,13 +267,15 @@ class MLSecretsBackend(BaseSecretsBackend):
             conn = self.deserialize_connection(conn_id, value)
         except Exception:  # malformed: the raw text is masked already; Airflow will complain
             return
-        _mask_parts(conn)
+        mask_connection(conn)
 
 
-def _mask_parts(conn: Any) -> None:
-    """The password as Airflow decodes it and the connection's URI form (which may escape
-    the password differently from the stored text)."""
-    for part in (conn.password, conn.get_uri()):
+def mask_connection(conn: Any) -> None:
+    """The password as Airflow decodes it, the connection's URI form (which may escape the
+    password differently from the stored text) and the extra as a whole (its fields are
+    masked by Airflow's masker when their names look sensitive; every string field would
+    hide settings such as ``sslmode`` throughout the log)."""
+    for part in (conn.password, conn.get_uri(), conn.extra):
         if part:
             mask(part)
 
@@ -223,8 +292,84 @@ class _Kind:
 def _in_execution_request() -> bool:
     """Whether this process is the Airflow API server serving a task's Execution API
     request (the plugin's middleware says so; nowhere else is it loaded and set)."""
-    if "airflow_provider_mlsecrets.api.airflow_plugin" not in sys.modules:
+    if _TASK_IDENTITY not in sys.modules:
         return False
-    from airflow_provider_mlsecrets.api.airflow_plugin import in_execution_request
+    from airflow_provider_mlsecrets.api.task_identity import in_execution_request
 
     return in_execution_request()
+
+
+class _IdentityRefused(AccessDenied):
+    """A task token that may not speak for its DAG; its denied record is written already."""
+
+    def __init__(self, message: str, who: str) -> None:
+        super().__init__(message)
+        self.who = who
+
+
+def _audit_refusal(vault: Vault, path: str, context: dict[str, ContextValue],
+                   exc: Any) -> _IdentityRefused:
+    """Write the ``denied`` record of a refused task identity (no vault operation ran, so
+    none was written) and say who claimed what."""
+    from airflow_provider_mlsecrets.audit.record import Outcome
+
+    claimed: dict[str, Any] = exc.claimed
+    who = (f"a token for {claimed['dag_id']}.{claimed['task_id']} (run {claimed['run_id']}, "
+           f"try {claimed['try_number']})" if "dag_id" in claimed
+           else f"a token for task instance {claimed.get('ti_id', '?')}")
+    context.update({"verified_by": "refused", "requested_path": path,
+                    **{f"claimed_{k}": v for k, v in claimed.items()}})
+    core = getattr(vault, "core", None)  # a remote vault audits on its own side
+    if core is not None:
+        core.record("secret.inject", UNVERIFIED_TASK, Outcome.DENIED, exc.reason, context)
+    return _IdentityRefused(str(exc), who)
+
+
+def _who(caller: Caller) -> str:
+    """The caller as one log line names it: the verified task, else this process."""
+    if not caller.verified:
+        return "this process's token"
+    context = caller.context
+    return (f"{caller.verified[0]} (task {context.get('task_id')}, run {context.get('run_id')},"
+            f" try {context.get('try_number')})")
+
+
+def _refuse(message: str, *, who: str, kind: str, identifier: str, why: str,
+            status_code: int = 403, reason: str = "access_denied") -> NoReturn:
+    """Stop the search chain. Serving a task through the Execution API, the refusal is
+    final and quiet: one log line (who, what, why) and an HTTP answer (403 for a denial,
+    404 for a missing ``mlsecrets:`` key, 503 for a vault failure), never a traceback or a
+    500 that the Task SDK would retry."""
+    if _in_execution_request():
+        from airflow_provider_mlsecrets.api.task_identity import ExecutionAPIDenied
+
+        log.warning("mlsecrets: %s %s the %s %r: %s", who,
+                    "was refused" if status_code != 404 else "asked for a missing",
+                    kind, identifier, why)
+        raise ExecutionAPIDenied(message, status_code=status_code, reason=reason) from None
+    raise AirflowSecretsBackendAccessDenied(message) from None
+
+
+def mask_value(value: str) -> None:
+    """Mask a served value and, if it is a JSON document, each of its string leaves (a task
+    that deserialises it and logs one field must not show that field)."""
+    mask(value)
+    if value[:1] not in ("{", "["):
+        return
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return
+    for leaf in _leaves(parsed):
+        mask(leaf)
+
+
+def _leaves(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from _leaves(item)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _leaves(item)
