@@ -223,3 +223,12 @@ def test_values_reach_the_workers_masker_without_vault_settings(
     assert {(r.principal, r.path, r.context["verified_by"]) for r in allowed} == {
         ("dag:mlsecrets_masked_values", "variables/masked_endpoint", "execution-api"),
         ("dag:mlsecrets_masked_values", "variables/masked_json", "execution-api")}
+
+
+def test_the_api_server_reports_the_deployments_hazards_once_at_start_up(
+        airflow_cluster: Cluster) -> None:
+    """A LocalExecutor deployment is one trust domain: the API server says so at start-up,
+    once, as 'mlsecrets doctor' does, without a traceback."""
+    server = airflow_cluster.output("api-server")
+    assert "mlsecrets doctor: hazard:" in server and "LocalExecutor" in server
+    assert server.count("hazard(s)") == 1

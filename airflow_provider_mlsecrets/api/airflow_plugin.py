@@ -15,6 +15,10 @@ vouch for:
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_mlsecrets.api.app import create_app
@@ -25,6 +29,7 @@ from airflow_provider_mlsecrets.api.task_identity import (
 )
 
 URL_PREFIX = "/mlsecrets"
+log = logging.getLogger(__name__)
 __all__ = ["MLSecretsPlugin", "TaskIdentityMiddleware", "airflow_user",
            "in_execution_request", "task_identity"]
 
@@ -47,6 +52,26 @@ async def airflow_user(credential: str) -> tuple[str, ...] | None:
             *(f"airflow-role:{str(r).lower()}" for r in roles if r))
 
 
+def _identity_middleware(app: Any) -> TaskIdentityMiddleware:
+    """The task-identity middleware. Airflow builds it in the API server only (the plugin
+    module itself is imported by every process), which is where the deployment's hazards
+    are reported once, at start-up, as ``mlsecrets doctor`` reports them: in a thread, so
+    reading the DAGs never holds up the server."""
+    from airflow_provider_mlsecrets.doctor import log_findings_once
+
+    threading.Thread(target=_report, args=(log_findings_once,), name="mlsecrets-doctor",
+                     daemon=True).start()
+    return TaskIdentityMiddleware(app)
+
+
+def _report(log_findings_once: Any) -> None:
+    try:
+        log_findings_once(log)
+    except Exception as exc:  # a report that fails must never take the server down
+        log.warning("mlsecrets doctor could not run at start-up (%s); run 'airflow "
+                    "mlsecrets doctor'", type(exc).__name__)
+
+
 class MLSecretsPlugin(AirflowPlugin):
     """Mounts ``/mlsecrets/v1`` in the API server and the task-identity middleware."""
 
@@ -55,6 +80,6 @@ class MLSecretsPlugin(AirflowPlugin):
         {"app": create_app(verifiers=(airflow_user,)), "url_prefix": URL_PREFIX,
          "name": "mlsecrets"}]
     fastapi_root_middlewares = [  # noqa: RUF012
-        {"middleware": TaskIdentityMiddleware, "args": [], "kwargs": {},
+        {"middleware": _identity_middleware, "args": [], "kwargs": {},
          "name": "mlsecrets-task-identity"}]
 

@@ -246,10 +246,11 @@ class Core:
             session.close()
 
     def record(self, action: str, principal: str, outcome: Outcome, reason: str,
-               context: Mapping[str, ContextValue]) -> None:
+               context: Mapping[str, ContextValue], path: str = "") -> None:
         """Write one record that describes no operation of its own (a summary of failures
-        that were refused without one), in its own transaction; fail closed."""
-        self._record_alone(_Base(action=action, path="", request_id=str(uuid.uuid4()),
+        refused without one, a task identity refused before any lookup), in its own
+        transaction; fail closed."""
+        self._record_alone(_Base(action=action, path=path, request_id=str(uuid.uuid4()),
                                  context=canonical_context(context)),
                            principal, "", outcome, reason, None)
 
