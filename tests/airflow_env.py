@@ -57,17 +57,23 @@ class AirflowEnv:
                 for r in self.vault.audit.tail(self.admin, n) if r.action == "secret.inject"]
 
 
+def dev_vault(home: Path) -> tuple[Vault, Caller]:
+    """A SoftHSM2 token and a SQLite vault in ``home``, with the ``config.json`` that the
+    API server or a task finds through ``MLSECRETS_HOME``; the vault and its engineer."""
+    dev = provision(home, "mlsecrets")
+    settings = Settings(home=home, db_url=f"sqlite:///{home / 'vault.db'}",
+                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
+                        softhsm2_conf=dev.conf)
+    (home / "config.json").write_text(json.dumps(settings.as_config()))
+    vault = Vault(settings)
+    return vault, Caller(vault.initialise().admin_token)
+
+
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
     base = tmp_path_factory.mktemp("airflow")
     vault_home = base / "vault"
-    dev = provision(vault_home, "mlsecrets")
-    settings = Settings(home=vault_home, db_url=f"sqlite:///{vault_home / 'vault.db'}",
-                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
-                        softhsm2_conf=dev.conf)
-    (vault_home / "config.json").write_text(json.dumps(settings.as_config()))
-    vault = Vault(settings)
-    admin = Caller(vault.initialise().admin_token)
+    vault, admin = dev_vault(vault_home)
     conn = {"conn_type": "postgres", "host": "db.internal", "login": "ml", "password": PASSWORD,
             "port": 5432, "schema": "features", "extra": {"sslmode": "require"}}
     vault.secrets.put(admin, "connections/mlsecrets_example_db", json.dumps(conn).encode())
@@ -168,13 +174,7 @@ def _free_port() -> int:
 def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     vault_home = base / "vault"
-    dev = provision(vault_home, "mlsecrets")
-    settings = Settings(home=vault_home, db_url=f"sqlite:///{vault_home / 'vault.db'}",
-                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
-                        softhsm2_conf=dev.conf)
-    (vault_home / "config.json").write_text(json.dumps(settings.as_config()))
-    vault = Vault(settings)
-    admin = Caller(vault.initialise().admin_token)
+    vault, admin = dev_vault(vault_home)
     for path, value in (("variables/masked_endpoint", MASKED_VALUE),
                         ("variables/masked_json",
                          json.dumps({"api_key": JSON_LEAF, "region": "eu-west-9"})),

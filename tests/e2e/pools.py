@@ -32,10 +32,8 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from airflow_provider_mlsecrets.keys.softhsm import provision
 from airflow_provider_mlsecrets.service import Caller, Vault
-from airflow_provider_mlsecrets.settings import Settings
-from tests.airflow_env import BACKEND, ROOT
+from tests.airflow_env import BACKEND, ROOT, dev_vault
 from tests.pg_server import ScramPostgres
 from tests.test_service import free_port
 
@@ -285,17 +283,6 @@ def ed25519_key(path: Path) -> None:
         fh.write(pem)
 
 
-def make_vault(home: Path) -> tuple[Vault, Caller]:
-    dev = provision(home, "mlsecrets")
-    settings = Settings(home=home, db_url=f"sqlite:///{home / 'vault.db'}",
-                        pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
-                        softhsm2_conf=dev.conf)
-    (home / "config.json").write_text(json.dumps(settings.as_config()))
-    vault = Vault(settings)
-    admin = Caller(vault.initialise().admin_token or "")
-    return vault, admin
-
-
 @contextlib.contextmanager
 def cluster(db: ScramPostgres) -> Iterator[Cluster]:
     """Start everything; stop everything it started, whatever happens."""
@@ -321,7 +308,7 @@ def cluster(db: ScramPostgres) -> Iterator[Cluster]:
         conn.execute(f'CREATE DATABASE "{db_name}" OWNER "{db_user}"')
     try:
         with broker(run) as amqp_broker, results(run, control) as redis_results:
-            vault, admin = make_vault(control / "vault")
+            vault, admin = dev_vault(control / "vault")
             key = control / "jwt-ed25519.pem"
             ed25519_key(key)
             port = free_port()
