@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _TASK_IDENTITY = "airflow_provider_mlsecrets.api.task_identity"
 UNVERIFIED_TASK = "<unverified task>"  # the audit principal of a refused task token
+TEAM_SCOPE = "<team scope>"  # the audit principal of a team-scope refusal of this process
+TEAM_NAME = re.compile(r"[a-zA-Z0-9_-]{3,50}")  # Airflow's own rule for team names
 _SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
              "softhsm2_conf", "key_prefix", "token_file")
 
@@ -50,6 +52,10 @@ class MLSecretsBackend(BaseSecretsBackend):
     :param connections_lookup_pattern: only ids matching this regex are looked up
     :param variables_lookup_pattern: only keys matching this regex are looked up
     :param config_lookup_pattern: only keys matching this regex are looked up
+    :param team_prefix: where a team's own secrets live, ``{team}`` standing for its name
+        (default ``teams/{team}``: ``teams/<team>/connections/<id>``); a lookup with a
+        ``team_name`` tries that first, then the global path; a lookup with none never
+        reaches anything under the team root. ``None`` or empty turns team namespaces off.
     :param token_file: the pipeline principal's token (else ``MLSECRETS_TOKEN_FILE`` or
         ``MLSECRETS_TOKEN``); any other vault setting by its name (``home``, ``db_url``,
         ``pkcs11_module``, ``pkcs11_token``, ``pkcs11_pin_file``, ``softhsm2_conf``,
@@ -60,7 +66,8 @@ class MLSecretsBackend(BaseSecretsBackend):
                  variables_prefix: str | None = "variables", config_prefix: str | None = "config",
                  connections_lookup_pattern: str | None = None,
                  variables_lookup_pattern: str | None = None,
-                 config_lookup_pattern: str | None = None, **settings: str) -> None:
+                 config_lookup_pattern: str | None = None,
+                 team_prefix: str | None = "teams/{team}", **settings: str) -> None:
         super().__init__()
         unknown = set(settings) - set(_SETTINGS)
         if unknown:
@@ -71,6 +78,7 @@ class MLSecretsBackend(BaseSecretsBackend):
             "variable": _Kind(variables_prefix, variables_lookup_pattern),
             "config": _Kind(config_prefix, config_lookup_pattern),
         }
+        self.teams = _Teams.parse(team_prefix or None, self.kinds)
         self._settings = dict(settings)
         self._vault: Vault | None = None
         self._pid: int | None = None
@@ -83,8 +91,9 @@ class MLSecretsBackend(BaseSecretsBackend):
         if self.relaying():
             from airflow_provider_mlsecrets.secrets.relay import relay_connection
 
+            # the Execution API derives the team from the task's token: nothing to pass
             return relay_connection(conn_id) if self._ours("connection", conn_id) else None
-        value = self._lookup("connection", conn_id)
+        value = self._lookup("connection", conn_id, team_name)
         if not value:
             return None
         conn = self.deserialize_connection(conn_id=conn_id, value=value)
@@ -95,7 +104,7 @@ class MLSecretsBackend(BaseSecretsBackend):
         if self.relaying():
             conn = self.get_connection(conn_id)
             return None if conn is None else str(conn.as_json())
-        value = self._lookup("connection", conn_id)
+        value = self._lookup("connection", conn_id, team_name)
         if value is not None:
             self._mask_connection(conn_id, value)
         return value
@@ -105,7 +114,7 @@ class MLSecretsBackend(BaseSecretsBackend):
             from airflow_provider_mlsecrets.secrets.relay import relay_variable
 
             return relay_variable(key) if self._ours("variable", key) else None
-        return self._lookup("variable", key)
+        return self._lookup("variable", key, team_name)
 
     def get_config(self, key: str) -> str | None:
         if self.relaying():
@@ -184,16 +193,17 @@ class MLSecretsBackend(BaseSecretsBackend):
         except InvalidInput:
             return None  # an id the vault grammar cannot hold is not ours to serve
 
-    def _lookup(self, kind: str, identifier: str) -> str | None:
+    def _lookup(self, kind: str, identifier: str, team_name: str | None = None) -> str | None:
         path = self.path_for(kind, identifier)
         if path is None:
             return None
         who = "this process"
         try:
             vault = self._get_vault()
-            caller = self._caller(vault, path)
+            caller, team = self._caller(vault, path, team_name)
             who = _who(caller)
-            raw = vault.secrets.inject(caller, path)
+            raw = _first_found(vault, caller,
+                               self._scoped(vault, caller, kind, identifier, path, team))
         except NotFound:
             if kind == "variable" and identifier.startswith(SECRET_KEY_PREFIX):
                 # the namespace is ours: no other source may answer for a missing secret
@@ -230,12 +240,14 @@ class MLSecretsBackend(BaseSecretsBackend):
         mask_value(value)
         return value
 
-    @staticmethod
-    def _caller(vault: Vault, path: str) -> Caller:
-        """Who looks this up. Inside the Airflow API server, serving a task's lookup that fell
-        through the Execution API, it is that task's DAG (``dag:DAG_ID``), verified from the
-        task's own token while that try is running, and never this server's token; anywhere
-        else, this process's configured token and the task it runs, if any."""
+    def _caller(self, vault: Vault, path: str, team_name: str | None,
+                ) -> tuple[Caller, str | None]:
+        """Who looks this up, and for which team. Inside the Airflow API server, serving a
+        task's lookup that fell through the Execution API, it is that task's DAG
+        (``dag:DAG_ID``) and then its team (``team:TEAM``), both verified from the task's
+        own token while that try is running, and never this server's token; Airflow's
+        ``team_name`` must name that same team. Anywhere else, this process's configured
+        token and the task it runs, if any, for the ``team_name`` Airflow gives."""
         from airflow_provider_mlsecrets.airflow_context import caller_context
         from airflow_provider_mlsecrets.service import Caller
 
@@ -247,10 +259,41 @@ class MLSecretsBackend(BaseSecretsBackend):
                 task = task_identity()  # refuses rather than fall back to this server's token
             except TaskRefused as exc:
                 raise _audit_refusal(vault, path, context, exc) from None
+            team = task["team"]
             context.update({"verified_by": "execution-api",
                             **{k: v for k, v in task.items() if k != "team"}})
-            return Caller(None, context, verified=(f"dag:{task['dag_id']}",))
-        return Caller(vault.settings.read_caller_token(), caller_context())
+            if team is not None:
+                context["team"] = team
+            names = (f"dag:{task['dag_id']}",) + ((f"team:{team}",) if team else ())
+            caller = Caller(None, context, verified=names)
+            if team_name != team:
+                raise _scope_refusal(vault, caller, path, team_name, (
+                    f"Airflow asked for team {team_name!r} but the task's token belongs to "
+                    f"{'team ' + repr(team) if team else 'no team'}"))
+        else:
+            caller = Caller(vault.settings.read_caller_token(), caller_context())
+        if team_name is not None and not TEAM_NAME.fullmatch(team_name):
+            raise _scope_refusal(vault, caller, path, team_name,
+                                 "a team name is 3 to 50 characters from [a-zA-Z0-9_-]")
+        return caller, team_name
+
+    def _scoped(self, vault: Vault, caller: Caller, kind: str, identifier: str, path: str,
+                team: str | None) -> list[str]:
+        """The paths to try, most specific first: the team's own, then the global one. Any
+        path under the team root that is not the caller's own team's is refused, audited."""
+        teams = self.teams
+        if teams is None:
+            return [path]
+        candidates = [path]
+        if team is not None and not identifier.startswith(SECRET_KEY_PREFIX):
+            prefix = self.kinds[kind].prefix or ""  # set: path_for served the id
+            candidates.insert(0, parse_path(self.build_path(
+                f"{teams.namespace(team)}/{prefix}", identifier)))
+        for candidate in candidates:
+            why = teams.outside(candidate, team)
+            if why is not None:
+                raise _scope_refusal(vault, caller, candidate, team, why)
+        return candidates
 
     def _get_vault(self) -> Vault:
         if self._vault is None or self._pid != os.getpid():
@@ -289,6 +332,75 @@ class _Kind:
             raise ValueError(f"invalid lookup pattern {pattern!r}: {exc}") from None
 
 
+class _Teams:
+    """Team namespaces: ``template`` (``teams/{team}``) names a team's own folder, all of
+    them under ``root`` (``teams``), which no kind prefix may overlap."""
+
+    def __init__(self, template: str, root: str) -> None:
+        self.template = template
+        self.root = root
+
+    @classmethod
+    def parse(cls, template: str | None, kinds: dict[str, _Kind]) -> _Teams | None:
+        if template is None:
+            return None
+        template = template.strip("/")
+        parts = template.split("/")
+        if parts.count("{team}") != 1 or parts.index("{team}") == 0:
+            raise ValueError(f"team_prefix {template!r} must hold '{{team}}' once, as a whole "
+                             "segment after at least one fixed one (for example "
+                             "'teams/{team}'); set it to None to turn team namespaces off")
+        try:
+            parse_path(template.replace("{team}", "team"))
+        except InvalidInput as exc:
+            raise ValueError(f"team_prefix {template!r}: {exc}") from None
+        teams = cls(template, "/".join(parts[:parts.index("{team}")]))
+        for name, kind in kinds.items():
+            if kind.prefix is not None and (teams.under_root(kind.prefix)
+                                            or _under(teams.root.lower(), kind.prefix.lower())):
+                raise ValueError(
+                    f"the {name} prefix {kind.prefix!r} overlaps the team root "
+                    f"{teams.root!r}: a lookup with no team could reach a team's secrets; "
+                    "choose prefixes outside it or another team_prefix")
+        return teams
+
+    def namespace(self, team: str) -> str:
+        return self.template.replace("{team}", team)
+
+    def under_root(self, path: str) -> bool:
+        """Whether ``path`` is the team root or under it, in any letter case (the vault
+        refuses a name that differs from one it holds only in case, never serves it)."""
+        return _under(path.lower(), self.root.lower())
+
+    def outside(self, path: str, team: str | None) -> str | None:
+        """Why ``path`` is out of reach of a lookup for ``team`` (``None``: global), or
+        ``None`` if it is in reach: outside the team root, or inside the team's own
+        namespace (exactly: another team's name may differ only in case)."""
+        if not self.under_root(path):
+            return None
+        if team is None:
+            return (f"{path} is under the team root {self.root}/, which a lookup with no "
+                    "team never reaches")
+        own = self.namespace(team)
+        if path.startswith(own + "/"):
+            return None
+        return f"{path} is outside team {team}'s namespace {own}/"
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
+
+
+def _first_found(vault: Vault, caller: Caller, paths: list[str]) -> bytes:
+    """The first of ``paths`` the vault holds; a refusal of any stops the search."""
+    for path in paths[:-1]:
+        try:
+            return vault.secrets.inject(caller, path)
+        except NotFound:
+            continue
+    return vault.secrets.inject(caller, paths[-1])
+
+
 def _in_execution_request() -> bool:
     """Whether this process is the Airflow API server serving a task's Execution API
     request (the plugin's middleware says so; nowhere else is it loaded and set)."""
@@ -323,6 +435,21 @@ def _audit_refusal(vault: Vault, path: str, context: dict[str, ContextValue],
     if core is not None:
         core.record("secret.inject", UNVERIFIED_TASK, Outcome.DENIED, exc.reason, context)
     return _IdentityRefused(str(exc), who)
+
+
+def _scope_refusal(vault: Vault, caller: Caller, path: str, team: str | None,
+                   why: str) -> _IdentityRefused:
+    """Write the ``denied`` record of a lookup refused for its team scope (no vault
+    operation ran) and say who asked for what."""
+    from airflow_provider_mlsecrets.audit.record import Outcome
+
+    context: dict[str, ContextValue] = {**caller.context, "requested_path": path,
+                                        "requested_team": team or ""}
+    principal = caller.verified[0] if caller.verified else TEAM_SCOPE
+    core = getattr(vault, "core", None)  # a remote vault audits on its own side
+    if core is not None:
+        core.record("secret.inject", principal, Outcome.DENIED, why, context, path=path)
+    return _IdentityRefused(f"access denied: {why}", _who(caller))
 
 
 def _who(caller: Caller) -> str:
