@@ -45,3 +45,24 @@ def test_four_forked_processes_after_the_parent_used_the_vault(env: Env) -> None
     assert results == [[]] * 4
     assert env.vault.secrets.read(env.admin, "conc/parent") == b"parent"
     assert env.vault.audit.verify(env.admin).records == 2 + 4 * ROUNDS * 3 + 1
+
+
+def _lookups(vault: Vault, admin: Caller, worker: str) -> list[str]:
+    """Short operations back to back, so that all four audit chains are often held and
+    appends wait for chain 1's lock; return every error seen."""
+    problems = []
+    for i in range(40):
+        try:
+            vault.secrets.read(admin, "conc/shared")
+        except Exception as exc:
+            problems.append(f"{worker} at {i}: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def test_appends_that_wait_for_a_busy_chain_are_not_taken_for_tampering(env: Env) -> None:
+    """A regression: a head read after waiting for its lock must not look unsealed (on
+    PostgreSQL the head is re-read at its new version while a joined record is not)."""
+    env.vault.secrets.put(env.admin, "conc/shared", b"v")
+    results = run_forked(_lookups, [(env.vault, env.admin, f"p{n}") for n in range(8)])
+    assert results == [[]] * 8
+    assert env.vault.audit.verify(env.admin).ok

@@ -45,11 +45,17 @@ def start_chains(session: Session, vault_id: str) -> None:
 
 _HEADS = cast(Table, AuditHead.__table__)
 _RECORDS = cast(Table, AuditRecord.__table__)
-_LOCK_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).where(
-    _HEADS.c.chain == bindparam("chain")).with_for_update()
-_FREE_HEAD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash).where(
-    _HEADS.c.chain.between(1, CHAINS)).order_by(_HEADS.c.chain).limit(1).with_for_update(
-    skip_locked=True)
+# the head row, locked, with its record's stored hash and seal in the same round trip (the
+# record is NULL when a prune moved it out, or when the lock was waited for: see
+# check_head); FOR UPDATE OF the head only, since PostgreSQL locks no row on the nullable
+# side of an outer join
+_HEAD_AND_RECORD = select(_HEADS.c.chain, _HEADS.c.seq, _HEADS.c.hash,
+                          _RECORDS.c.hash.label("record_hash"), _RECORDS.c.seal).outerjoin(
+    _RECORDS, (_RECORDS.c.chain == _HEADS.c.chain) & (_RECORDS.c.seq == _HEADS.c.seq))
+_LOCK_HEAD = _HEAD_AND_RECORD.where(_HEADS.c.chain == bindparam("chain")).with_for_update(
+    of=_HEADS)
+_FREE_HEAD = _HEAD_AND_RECORD.where(_HEADS.c.chain.between(1, CHAINS)).order_by(
+    _HEADS.c.chain).limit(1).with_for_update(skip_locked=True, of=_HEADS)
 _MOVE_HEAD = update(_HEADS).where(_HEADS.c.chain == bindparam("head")).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _ADD = insert(_RECORDS)
@@ -71,18 +77,26 @@ def tampered(chain: int, seq: int, what: str) -> AuditChainBroken:
 
 
 def check_head(connection: Connection, keys: KeyProvider, vault_id: str, chain: int,
-               seq: int, digest: bytes) -> None:
+               seq: int, digest: bytes, record: tuple[bytes | None, bytes | None] | None = None
+               ) -> None:
     """Raise :class:`AuditChainBroken` unless ``(seq, digest)`` is a head the vault made:
     the genesis hash, a record whose seal is the HSM's over that hash, or an anchor (a
     head a prune moved out) sealed as one."""
     if _CHECKED.get((vault_id, chain)) == (seq, digest):
         return
     same = hmac.compare_digest
+    if record is None or record[0] is None:
+        # not read with the head, or read with it but missing: on PostgreSQL a head whose
+        # lock was waited for is re-read at its new version while the joined record comes
+        # from the statement's older snapshot (NULL then), so a miss is read again now
+        row = connection.execute(_HEAD_RECORD, {"chain": chain, "seq": seq}).one_or_none()
+        record = (row.hash, row.seal) if row is not None else (None, None)
+    stored, seal = record
     if seq == 0:
         ok = same(digest, genesis(vault_id, chain))
-    elif (row := connection.execute(_HEAD_RECORD, {"chain": chain, "seq": seq}).one_or_none()):
-        ok = (same(row.hash, digest) and row.seal is not None
-              and same(keys.mac(MacKey.AUDIT, digest), row.seal))
+    elif stored is not None:
+        ok = (same(stored, digest) and seal is not None
+              and same(keys.mac(MacKey.AUDIT, digest), seal))
     elif (cut := connection.execute(_HEAD_ANCHOR, {"chain": chain, "seq": seq}).one_or_none()):
         ok = same(cut.hash, digest) and anchor.sealed(keys, vault_id, chain, seq, digest,
                                                       cut.prune_request, cut.seal)
@@ -107,7 +121,8 @@ def append(session: Session, keys: KeyProvider, entry: Entry, vault_id: str
         raise AuditError(
             f"audit chain {chain} has no head: on a new vault run 'mlsecrets init'; on an "
             "existing one the trail was tampered with: restore the database from backup")
-    check_head(connection, keys, vault_id, chain, head.seq, head.hash)
+    check_head(connection, keys, vault_id, chain, head.seq, head.hash,
+               (head.record_hash, head.seal))
     seq: int = head.seq + 1
     digest = next_hash(head.hash, chain, seq, entry)
     seal = keys.mac(MacKey.AUDIT, digest)
