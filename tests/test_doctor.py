@@ -115,6 +115,8 @@ def test_per_pool_queues_and_an_asymmetric_key_pass(airflow_env: AirflowEnv,
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW__API_AUTH__JWT_SECRET")}
     env.update(AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
                AIRFLOW__CELERY__BROKER_URL="redis://scheduler:not-a-real-pw@127.0.0.1:6379/0",
+               AIRFLOW__CELERY__RESULT_BACKEND="redis://results:not-a-real-pw@127.0.0.1:6379/1",
+               AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL="False",
                AIRFLOW__API_AUTH__JWT_PRIVATE_KEY_PATH=str(key),
                AIRFLOW__SECRETS__BACKEND=BACKEND, MLSECRETS_HOME=str(vault_home))
     got = doctor(env, "--json")
@@ -175,8 +177,9 @@ def test_a_careless_deployment_is_named_item_by_item(airflow_env: AirflowEnv,
     hazards = {check for check, items in found.items()
                if any(f["severity"] == "hazard" for f in items)}
     assert {"jwt.secret-in-config-file", "auth.all-admins", "auth.password-file",
-            "broker.no-credentials", "env.worker-credentials", "transport.plain-http",
-            "files.vault-home", "files.pin"} <= hazards, sorted(hazards)
+            "broker.no-credentials", "broker.result-backend", "env.worker-credentials",
+            "transport.plain-http", "files.vault-home", "files.pin"} <= hazards, sorted(hazards)
+    assert found["broker.remote-control"][0]["severity"] == "warning"
     assert len(found["transport.plain-http"]) == 2  # MLSECRETS_URL and the Execution API
     assert found["env.inline-credential"][0]["severity"] == "warning"
     # the metadata database is down: said so, and the rest still checked

@@ -41,9 +41,45 @@ def check(d: Deployment) -> list[Finding]:
                            f"{label}: broker user '{parts.username}' at {host} (the "
                            "scheduler's; workers' own URLs are not visible from here)",
                            "check that each pool's workers use a user limited to its queue"))
+    for team in teams:
+        out += _results_and_control(d, team)
     for (host, user), owners in users.items():
         if len(owners) > 1:
             out.append(Finding("broker.shared-user", "hazard",
                                f"{', '.join(owners)} use the same broker user '{user}' at "
                                f"{host}", FIX))
+    return out
+
+
+RESULTS_FIX = ("give the pools a result backend they cannot read each other's results or "
+               "anything else through: a Redis ACL user per pool limited to "
+               "'celery-task-meta-*' (docs/service.md, worker pools that share nothing)")
+
+
+def _results_and_control(d: Deployment, team: str | None) -> list[Finding]:
+    """What else a Celery worker holds: the result backend's credentials, and the remote
+    control channel through which it can inspect (and command) every other worker."""
+    label = f"team {team}" if team else "[celery]"
+    out: list[Finding] = []
+    backend = d.conf("celery", "result_backend", team=team) or "db+ (the default)"
+    scheme = backend.split(":", 1)[0].lower()
+    if scheme.startswith("db+"):
+        out.append(Finding("broker.result-backend", "hazard",
+                           f"{label}: the Celery result backend is the Airflow metadata "
+                           "database, so every worker holds its credentials (and can move "
+                           "another DAG's task into its own queue)", RESULTS_FIX))
+    elif scheme == "rpc":
+        out.append(Finding("broker.result-backend", "hazard",
+                           f"{label}: the rpc:// result backend needs every worker to publish "
+                           "to the broker's default exchange, so a pool can write into any "
+                           "queue", RESULTS_FIX))
+    else:
+        out.append(Finding("broker.result-backend", "ok",
+                           f"{label}: result backend '{scheme}://'", RESULTS_FIX))
+    if d.flag("celery", "worker_enable_remote_control"):
+        out.append(Finding("broker.remote-control", "warning",
+                           f"{label}: Celery remote control is on: a worker can inspect and "
+                           "command the others through the broker's pidbox exchanges",
+                           "set [celery] worker_enable_remote_control = False (and start "
+                           "workers without gossip and mingle)"))
     return out
