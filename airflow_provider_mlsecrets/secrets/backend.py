@@ -49,7 +49,8 @@ class MLSecretsBackend(BaseSecretsBackend):
     :param connections_prefix: vault folder of connections (``None`` turns them off)
     :param variables_prefix: vault folder of variables (``None`` turns them off)
     :param config_prefix: vault folder of config values (``None`` turns them off)
-    :param connections_lookup_pattern: only ids matching this regex are looked up
+    :param connections_lookup_pattern: only ids matching this regex (``re.match``, in any
+        letter case) are looked up
     :param variables_lookup_pattern: only keys matching this regex are looked up
     :param config_lookup_pattern: only keys matching this regex are looked up
     :param team_prefix: where a team's own secrets live, ``{team}`` standing for its name
@@ -327,7 +328,9 @@ class _Kind:
     def __init__(self, prefix: str | None, pattern: str | None) -> None:
         self.prefix = prefix.strip("/") if prefix is not None else None
         try:
-            self.pattern = re.compile(pattern) if pattern is not None else None
+            # in any letter case, as the amazon backends match (``re.IGNORECASE``)
+            self.pattern = (re.compile(pattern, re.IGNORECASE) if pattern is not None
+                            else None)
         except re.error as exc:
             raise ValueError(f"invalid lookup pattern {pattern!r}: {exc}") from None
 
