@@ -1,18 +1,28 @@
 """The secrets backend reads its kwargs as Airflow's own backends do (issue 15): lookup
-patterns match in any letter case (amazon: ``re.IGNORECASE``); on a real vault, SQLite and
-PostgreSQL."""
+patterns match in any letter case (amazon: ``re.IGNORECASE``), and an empty prefix is the
+vault's top level (hashicorp and amazon: ``test_get_connection_with_empty_connections_path``)
+while ``None`` turns a kind off; on a real vault, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 
 from airflow_provider_mlsecrets.secrets.backend import MLSecretsBackend
 from tests.conftest import Env
-from tests.test_teams import backend_for
+from tests.test_teams import TEAM_CONN, backend_for, denials
 
 CONN = "postgres://u:top-pw@top.internal/db"
+
+
+def top_level_backend(env: Env, tmp_path: Path, **kwargs: str | None) -> MLSecretsBackend:
+    """A backend whose principal may inject every path (``**``), so that only the
+    backend's own prefixes and team scope decide what it serves."""
+    backend = backend_for(env, tmp_path, **kwargs)
+    env.vault.access.grant(env.admin, "airflow-pipeline", "**", ["inject"])
+    return backend
 
 
 @pytest.mark.parametrize(("conn_id", "pattern", "looked_up"), [
@@ -35,3 +45,50 @@ def test_the_config_pattern_matches_in_any_letter_case() -> None:
     backend = MLSecretsBackend(config_lookup_pattern="^SQL_")
     assert backend.path_for("config", "sql_alchemy_conn") == "config/sql_alchemy_conn"
 
+
+
+# -- an empty prefix is the top level; None turns a kind off ---------------------------------
+def test_an_empty_prefix_looks_ids_up_at_the_top_level(env: Env, tmp_path: Path) -> None:
+    """hashicorp's and amazon's ``test_get_connection_with_empty_connections_path``."""
+    put = env.vault.secrets.put
+    put(env.admin, "top_db", CONN.encode())
+    put(env.admin, "top_var", b"top-variable")
+    backend = top_level_backend(env, tmp_path, connections_prefix="", variables_prefix="/",
+                                team_prefix=None)
+    assert backend.path_for("connection", "top_db") == "top_db"
+    assert backend.get_conn_value("top_db") == CONN
+    assert backend.get_variable("top_var") == "top-variable"
+    assert backend.get_conn_value("elsewhere") is None  # not found: the next backend
+
+
+def test_a_none_prefix_still_turns_a_kind_off(env: Env, tmp_path: Path) -> None:
+    env.vault.secrets.put(env.admin, "connections/off_db", CONN.encode())
+    backend = backend_for(env, tmp_path, connections_prefix=None)
+    assert backend.get_conn_value("off_db") is None
+    assert backend._vault is None
+
+
+def test_a_top_level_id_never_reaches_under_the_team_root(env: Env, tmp_path: Path) -> None:
+    """With the top level as the prefix, an id is a whole vault path: a global lookup of
+    ``teams/...`` and a team's lookup of another team's folder are refused and audited,
+    while a team still gets its own folder first and the top level after it."""
+    put = env.vault.secrets.put
+    put(env.admin, "teams/team_a/connections/team_db", TEAM_CONN.encode())
+    put(env.admin, "teams/team_a/shared_db", TEAM_CONN.encode())
+    put(env.admin, "shared_db", CONN.encode())
+    backend = top_level_backend(env, tmp_path, connections_prefix="", variables_prefix="")
+    assert backend.get_conn_value("shared_db") == CONN
+    assert backend.get_conn_value("shared_db", team_name="team_a") == TEAM_CONN
+    assert backend.get_conn_value("shared_db", team_name="team_b") == CONN
+    for conn_id, team in [("teams/team_a/connections/team_db", None),
+                          ("Teams/team_a/connections/team_db", None), ("teams", None),
+                          ("teams/team_a/connections/team_db", "team_b"),
+                          ("TEAMS/team_a/connections/team_db", "team_b")]:
+        with pytest.raises(AirflowSecretsBackendAccessDenied, match="team"):
+            backend.get_conn_value(conn_id, team_name=team)
+        with pytest.raises(AirflowSecretsBackendAccessDenied, match="team"):
+            backend.get_variable(conn_id, team_name=team)
+        assert denials(env)[-1][1].lower() == conn_id.lower(), (conn_id, team)
+    served = {r.path for r in env.vault.audit.tail(env.admin, 200)
+              if r.principal == "airflow-pipeline" and r.outcome != "denied"}
+    assert not any(p.lower().startswith("teams/team_a/connections") for p in served)

@@ -46,9 +46,10 @@ _SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file
 class MLSecretsBackend(BaseSecretsBackend):
     """Connections, variables and config from the mlsecrets vault.
 
-    :param connections_prefix: vault folder of connections (``None`` turns them off)
-    :param variables_prefix: vault folder of variables (``None`` turns them off)
-    :param config_prefix: vault folder of config values (``None`` turns them off)
+    :param connections_prefix: vault folder of connections (``None`` turns them off; an
+        empty one is the top level, an id then its whole path, as hashicorp and amazon read it)
+    :param variables_prefix: vault folder of variables (likewise)
+    :param config_prefix: vault folder of config values (likewise)
     :param connections_lookup_pattern: only ids matching this regex (``re.match``, in any
         letter case) are looked up
     :param variables_lookup_pattern: only keys matching this regex are looked up
@@ -190,7 +191,7 @@ class MLSecretsBackend(BaseSecretsBackend):
         if spec.pattern is not None and not spec.pattern.match(identifier):
             return None
         try:
-            return parse_path(self.build_path(spec.prefix, identifier))
+            return parse_path(_join(spec.prefix, identifier))
         except InvalidInput:
             return None  # an id the vault grammar cannot hold is not ours to serve
 
@@ -288,8 +289,7 @@ class MLSecretsBackend(BaseSecretsBackend):
         candidates = [path]
         if team is not None and not identifier.startswith(SECRET_KEY_PREFIX):
             prefix = self.kinds[kind].prefix or ""  # set: path_for served the id
-            candidates.insert(0, parse_path(self.build_path(
-                f"{teams.namespace(team)}/{prefix}", identifier)))
+            candidates.insert(0, parse_path(_join(teams.namespace(team), prefix, identifier)))
         for candidate in candidates:
             why = teams.outside(candidate, team)
             if why is not None:
@@ -388,6 +388,13 @@ class _Teams:
         if path.startswith(own + "/"):
             return None
         return f"{path} is outside team {team}'s namespace {own}/"
+
+
+def _join(*parts: str) -> str:
+    """The folders and the id joined by ``/``, an empty (top-level) folder adding nothing;
+    the id is kept whole, so an empty one stays invalid."""
+    *folders, identifier = parts
+    return "/".join([*(folder for folder in folders if folder), identifier])
 
 
 def _under(path: str, folder: str) -> bool:
