@@ -92,3 +92,51 @@ def test_a_top_level_id_never_reaches_under_the_team_root(env: Env, tmp_path: Pa
     served = {r.path for r in env.vault.audit.tail(env.admin, 200)
               if r.principal == "airflow-pipeline" and r.outcome != "denied"}
     assert not any(p.lower().startswith("teams/team_a/connections") for p in served)
+
+
+# -- docs/rotation.md's consumer of secret_asset, on the objects Airflow hands it -----------
+def _doc_block(doc: Path, marker: str) -> str:
+    """The ```python block of ``doc`` that holds ``marker``."""
+    blocks = doc.read_text().split("```python\n")[1:]
+    [block] = [b.split("```", 1)[0] for b in blocks if marker in b]
+    return block
+
+
+def test_the_rotation_docs_consumer_reads_its_event_once(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Airflow keys each triggering event under its asset and under every alias it came
+    through (``mlsecrets-rotated``), whose objects have no ``uri``."""
+    from airflow.sdk import AssetAlias
+    from airflow.sdk.api.datamodels._generated import (
+        AssetAliasReferenceAssetEventDagRun,
+        AssetReferenceAssetEventDagRun,
+    )
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from airflow_provider_mlsecrets.rotation.dag import ROTATED, secret_asset
+
+    root = Path(__file__).resolve().parent.parent
+    namespace: dict[str, object] = {"__name__": "rotation_doc_consumer"}
+    exec(compile(_doc_block(root / "docs" / "rotation.md", "triggering_asset_events"),
+                 "docs/rotation.md", "exec"), namespace)
+    capsys.readouterr()
+
+    def event(path: str, version: int) -> AssetEventDagRunReferenceResult:
+        uri = secret_asset(path).uri
+        return AssetEventDagRunReferenceResult(
+            asset=AssetReferenceAssetEventDagRun(name=uri, uri=uri, extra={}),
+            extra={"path": path, "version": version}, source_task_id="rotate",
+            source_dag_id="mlsecrets_rotation", source_run_id="r1", source_map_index=-1,
+            source_aliases=[AssetAliasReferenceAssetEventDagRun(name=ROTATED)],
+            timestamp="2026-12-02T12:00:00Z")
+
+    events = TriggeringAssetEventsAccessor.build(
+        [event("connections/app_db", 2), event("connections/other_db", 7)])
+    assert AssetAlias(ROTATED) in list(events)  # what the old example tripped on
+    built = namespace["refresh_app_db_clients"]()  # type: ignore[operator]
+    reconnect = built.get_task("reconnect").python_callable
+    reconnect(triggering_asset_events=events)
+    assert capsys.readouterr().out == "mlsecrets://connections/app_db now at version 2\n"
+    reconnect(triggering_asset_events=TriggeringAssetEventsAccessor.build([]))  # manual run
+    assert capsys.readouterr().out == ""
