@@ -16,6 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+# Airflow imported in this process must never read or create the machine's ~/airflow: CI's
+# next machine has none, and a leftover one must not change what a test sees. Tests that
+# start Airflow processes give them their own AIRFLOW_HOME.
+if "AIRFLOW_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="mlsecrets-tests-airflow-")
+
 from airflow_provider_mlsecrets.keys.softhsm import DevToken, provision
 from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.settings import Settings

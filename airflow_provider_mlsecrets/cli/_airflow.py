@@ -115,7 +115,8 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.output.progress("importing from Airflow", len(items)) as advance:
         for kind, ident, value, _row in items:
             prefix = args.connections_prefix if kind == "connection" else args.variables_prefix
-            path = f"{prefix}/{ident}"
+            folder = prefix.strip("/")
+            path = f"{folder}/{ident}" if folder else ident
             report.append(Item(kind, ident, path, _copy_one(
                 secrets, caller, path, (value or "").encode("utf-8"), args, to_delete, kind,
                 ident, ctx.settings.max_value_bytes)))

@@ -98,7 +98,10 @@ def read_value(args: argparse.Namespace, limit: int) -> bytes:
     if args.stdin:
         if sys.stdin is None:
             raise InvalidInput("--stdin was given but there is no standard input")
-        return sys.stdin.buffer.read(limit + 1)
+        binary = getattr(sys.stdin, "buffer", None)  # absent on a text-only stream
+        if binary is None:
+            return sys.stdin.read(limit + 1).encode()[:limit + 1]
+        return bytes(binary.read(limit + 1))
     try:
         with open(args.value_file, "rb") as handle:
             data: bytes = handle.read(limit + 1)
