@@ -207,20 +207,29 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
     cluster = Cluster(url=url, home=home, vault=vault, admin=admin, env=env,
                       jwt_secret=jwt_secret, logs={})
     cluster.airflow("db", "migrate")
+    with control_plane(cluster, base, vault_home, port):
+        _wait_until_ready(cluster)
+        yield cluster
+
+
+@contextlib.contextmanager
+def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int) -> Iterator[None]:
+    """Run the API server (the only process given the vault, through ``MLSECRETS_HOME``),
+    the scheduler and the dag-processor, each logging to ``base/NAME.log``; stop them all
+    however the block ends."""
     commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
                 "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
     try:
         for name, command in commands.items():
             log = cluster.logs[name] = base / f"{name}.log"
-            process_env = dict(env)
+            process_env = dict(cluster.env)
             if name == "api-server":
                 process_env["MLSECRETS_HOME"] = str(vault_home)
             with log.open("wb") as out:
                 cluster.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "airflow", *command], env=process_env,
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _wait_until_ready(cluster)
-        yield cluster
+        yield
     finally:
         for process in cluster.processes.values():
             process.terminate()

@@ -11,8 +11,6 @@ import json
 import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 
 from airflow_provider_mlsecrets.secrets.backend import TEAM_SCOPE, MLSecretsBackend
-from tests.airflow_env import BACKEND, Cluster, _free_port, dev_vault
+from tests.airflow_env import BACKEND, Cluster, _free_port, control_plane, dev_vault
 from tests.conftest import Env
 from tests.test_teams import backend_for
 
@@ -227,29 +225,9 @@ def team_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster.airflow("db", "migrate")
     cluster.airflow("teams", "create", "team_a")
     cluster.airflow("teams", "create", "team_b")
-    commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
-                "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
-    try:
-        for name, command in commands.items():
-            log = cluster.logs[name] = base / f"{name}.log"
-            process_env = dict(env)
-            if name == "api-server":
-                process_env["MLSECRETS_HOME"] = str(vault_home)
-            with log.open("wb") as out:
-                cluster.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", *command], env=process_env,
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with control_plane(cluster, base, vault_home, port):
         _wait_for_dags(cluster, {"team_a_dag", "team_b_dag", "global_dag"})
         yield cluster
-    finally:
-        for process in cluster.processes.values():
-            process.terminate()
-        for process in cluster.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
 
 
 def _wait_for_dags(cluster: Cluster, dag_ids: set[str]) -> None:
