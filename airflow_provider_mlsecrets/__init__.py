@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+DOCUMENTATION = "https://pypi.org/project/airflow-provider-mlsecrets/"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -18,6 +19,7 @@ def get_provider_info() -> dict[str, Any]:
         "description": "HSM-backed envelope-encrypted secrets with deny-by-default access and "
                        "a tamper-evident audit trail, for ML pipelines.",
         "versions": [__version__],
+        "documentation-url": DOCUMENTATION,
         "integrations": [{
             "integration-name": "ML Secrets",
             "external-doc-url": "https://pypi.org/project/airflow-provider-mlsecrets/",
@@ -36,7 +38,8 @@ def get_provider_info() -> dict[str, Any]:
                                               "(everything else comes from MLSECRETS_*)"},
             },
             "ui-field-behaviour": {
-                "hidden-fields": ["host", "schema", "login", "password", "port"],
+                # the raw Extra field too: token_file above is the one setting it holds
+                "hidden-fields": ["host", "schema", "login", "password", "port", "extra"],
                 "relabeling": {},
                 "placeholders": {},
             },

@@ -248,3 +248,14 @@ def test_reseal_through_the_cli(tmp_path: Path) -> None:
     assert new_ref.startswith("sealed:s/x:mlsealed1.") and new_ref != ref
     assert b"sealed-cli" not in cli("reseal", stdin=(ref + "\n").encode()).stdout
     assert cli("reseal", stdin=b"var:not-sealed\n").returncode == 2
+
+
+def test_a_token_sent_to_a_redirect_says_where_it_went_and_how_to_keep_it_private(
+        cli: Cli) -> None:
+    """``principal create NAME > FILE``: standard output is no terminal, so there is no
+    "token above"; the message says the token went to standard output and points to --out."""
+    result = cli("principal", "create", "redirected", "--role", "viewer")
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "the token above" not in err and "--out FILE" in err and "0600" in err
+    assert len(result.stdout.decode().strip()) > 40  # the token itself, on stdout only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +71,13 @@ def _create(args: argparse.Namespace, ctx: Context) -> None:
         ctx.output.data({"name": args.name, "role": args.role, "token": token})
     else:
         print(token)
-        ctx.output.warn(f"principal {args.name} created as {args.role}; the token above is "
-                        "shown once: store it now")
+        if sys.stdout.isatty():
+            ctx.output.warn(f"principal {args.name} created as {args.role}; the token above "
+                            "is shown once: store it now")
+        else:  # redirected: the token is wherever standard output went, with its mode
+            ctx.output.warn(f"principal {args.name} created as {args.role}; its token went "
+                            "to standard output, once. A redirected file keeps your umask's "
+                            "mode: prefer --out FILE, which writes it 0600")
 
 
 def _create_into(args: argparse.Namespace, ctx: Context, expires: datetime | None) -> None:

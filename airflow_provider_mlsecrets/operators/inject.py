@@ -56,6 +56,10 @@ class InjectSecretsOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("env", "command", "base_env", "cwd", "op_args", "op_kwargs")
+    # how the UI shows the rendered fields (references and names only: values never render)
+    template_fields_renderers = {  # noqa: RUF012 - Airflow reads it from the class
+        "env": "json", "command": "json", "base_env": "json", "op_args": "py",
+        "op_kwargs": "py"}
     ui_color = "#e8f0e0"
 
     def __init__(self, *, env: dict[str, str],
