@@ -259,3 +259,10 @@ def test_a_token_sent_to_a_redirect_says_where_it_went_and_how_to_keep_it_privat
     err = result.stderr.decode()
     assert "the token above" not in err and "--out FILE" in err and "0600" in err
     assert len(result.stdout.decode().strip()) > 40  # the token itself, on stdout only
+
+
+def test_an_empty_value_needs_allow_empty(cli: Cli) -> None:
+    refused = cli("secret", "put", "ml/blank", "--stdin", stdin=b"")
+    assert refused.returncode == 2 and b"--allow-empty" in refused.stderr
+    cli.ok("secret", "put", "ml/blank", "--stdin", "--allow-empty", stdin=b"")
+    assert cli.ok("secret", "get", "ml/blank") in ("", "\n")

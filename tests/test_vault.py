@@ -91,7 +91,7 @@ def test_only_the_configured_number_of_versions_is_kept(hsm, tmp_path, database)
     assert states == [(1, "destroyed"), (2, "destroyed"), (3, "previous"), (4, "current")]
 
 
-@pytest.mark.parametrize("value", [b"", b"x" * (64 * 1024 + 1)])
+@pytest.mark.parametrize("value", [b"x" * (64 * 1024 + 1)])
 def test_bad_values_are_refused_and_change_nothing(env: Env, value: bytes) -> None:
     with pytest.raises(InvalidInput):
         env.vault.secrets.put(env.admin, "a/b", value)
@@ -436,3 +436,11 @@ def test_a_revoked_token_learns_nothing_about_what_exists(env: Env) -> None:
     for path in ("ml/missing", "other/missing"):
         with pytest.raises(AccessDenied, match="revoked"):
             env.vault.secrets.inject(etl, path)
+
+
+def test_an_empty_value_is_a_value(env: Env) -> None:
+    """Airflow variables may be empty; one must be able to move to the vault and come back
+    empty, not missing (issue 15)."""
+    env.vault.secrets.put(env.admin, "variables/blank", b"")
+    assert env.vault.secrets.read(env.admin, "variables/blank") == b""
+    assert env.vault.secrets.inject(env.admin, "variables/blank") == b""

@@ -133,8 +133,6 @@ def _copy_one(secrets: Any, caller: Any, path: str, value: bytes, args: argparse
         parse_path(path)
     except InvalidInput:
         return "skipped: the id does not fit the vault's path grammar"
-    if not value:
-        return "skipped: empty (the vault holds no empty values)"
     if len(value) > limit:
         return f"skipped: over the size limit of {limit} bytes"
     try:

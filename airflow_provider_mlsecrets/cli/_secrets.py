@@ -38,6 +38,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="an Airflow connection URI from FILE or stdin, validated first")
     source.add_argument("--connection-json", metavar="FILE|-",
                         help="an Airflow connection as JSON from FILE or stdin, validated first")
+    put.add_argument("--allow-empty", action="store_true",
+                     help="store an empty value (refused otherwise: an empty standard input "
+                          "is more often a mistake than a value)")
     put.add_argument("--cas", type=int, metavar="N",
                      help="write only if the newest version is N (0: only if new)")
     put.add_argument("--description")
@@ -125,6 +128,8 @@ def _put(args: argparse.Namespace, ctx: Context) -> None:
                                  else args.connection_uri, as_json=as_json, limit=limit)
     else:
         value = read_value(args, limit)
+    if not value and not args.allow_empty:
+        raise InvalidInput("the value is empty; give --allow-empty to store an empty value")
     info = ctx.vault.secrets.put(ctx.caller, args.path, value, cas=args.cas,
                                  description=args.description, owner=args.owner)
     del value

@@ -410,8 +410,8 @@ class SecretsService:
     def _check_value(self, value: bytes) -> None:
         if not isinstance(value, bytes):
             raise TypeError("a secret value is bytes")
-        if not value:
-            raise InvalidInput("the value is empty; a secret needs at least one byte")
+        # an empty value is a value: Airflow variables may be empty, and must be able to
+        # move to the vault (AES-GCM seals zero bytes as well as any other number)
         limit = self._core.settings.max_value_bytes
         if len(value) > limit:
             raise InvalidInput(f"the value is over the limit of {limit} bytes "
