@@ -229,3 +229,36 @@ def test_background_grandchildren_neither_hang_the_task_nor_outlive_it(
     assert not marker.exists() and not Path(f"{marker}.cmd").exists()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(marker) not in ps.stdout  # the sleepers were stopped with the task
+
+
+SUPERVISED_CALLABLE = r'''
+import socket, sys
+from airflow.sdk.execution_time.supervisor import _reopen_std_io_handles
+from airflow_provider_mlsecrets.injection.redact import Redactor
+from airflow_provider_mlsecrets.operators.inject import InjectSecretsOperator
+
+def shout():
+    import os
+    print("callable says", os.environ["TOKEN"], flush=True)
+    print("callable warns", file=sys.stderr, flush=True)
+    return 42
+
+pairs = [socket.socketpair() for _ in range(3)]
+_reopen_std_io_handles(*(child for child, _ in pairs))  # fds 0-2 as the supervisor sets them
+op = InjectSecretsOperator(task_id="t", env={"TOKEN": "var:token"}, python_callable=shout)
+got = op._run_callable({"TOKEN": sys.argv[1]}, Redactor([sys.argv[1]]))
+open(sys.argv[2], "w").write(repr(got))
+'''
+
+
+def test_a_callable_that_prints_works_with_the_supervisors_standard_streams(
+        tmp_path: Path) -> None:
+    """Under Airflow 3's supervisor, fds 1 and 2 belong to sys.stdout/sys.stderr alone; the
+    forked child once closed them on replacing those streams, and died on its first print."""
+    result = tmp_path / "result"
+    got = subprocess.run([sys.executable, "-c", SUPERVISED_CALLABLE, API_KEY, str(result)],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")})
+    assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+    assert result.read_text() == "42"
+    assert API_KEY not in got.stdout + got.stderr

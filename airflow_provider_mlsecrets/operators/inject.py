@@ -219,6 +219,10 @@ def clean_base_env() -> dict[str, str]:
     return {k: os.environ[k] for k in BASE_ENV_NAMES if k in os.environ}
 
 
+# The streams the forked child inherited, never collected (see _child_main).
+_INHERITED_STREAMS: list[Any] = []
+
+
 def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
                 env: dict[str, str], cwd: str | None, out_fd: int, send: Any) -> None:
     """In the forked child: our own session, environment and output; run, report, leave.
@@ -228,6 +232,10 @@ def _child_main(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
     os.setsid()
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
+    # Under Airflow 3's task supervisor the task's sys.stdout/sys.stderr are the only owners
+    # of fds 1 and 2 (opened with closefd=True): replacing them below would drop the last
+    # reference and close the pipe just put on 1 and 2, so the child keeps them alive.
+    _INHERITED_STREAMS.extend((sys.stdout, sys.stderr))
     # the task's sys.stdout may be Airflow's log redirector: the child writes to the pipe
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
