@@ -59,13 +59,14 @@ class Context:
         return Caller.from_settings(self.settings, component="cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "mlsecrets") -> argparse.ArgumentParser:
+    """The whole CLI; ``prog`` names it in usage lines (``airflow mlsecrets`` under Airflow)."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's parser must not reset a --json given before it
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
     parser = argparse.ArgumentParser(
-        prog="mlsecrets", parents=[common],
+        prog=prog, parents=[common],
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "mlsecrets") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     context = Context(output=Output(as_json=getattr(args, "json", False)))
     try:
