@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -207,3 +208,84 @@ def test_the_api_server_logs_the_findings_once(airflow_env: AirflowEnv, tmp_path
                for line in lines), lines
     assert sum("hazard(s)" in line for line in lines) == 1  # once, not twice
     assert not any("plugin.not-loaded" in line for line in lines)
+
+
+def configured_home(air: AirflowEnv, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """An Airflow home with a configuration only (no metadata database), plus ``settings``."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    (home / "airflow.cfg").write_text("[core]\nload_examples = False\n")
+    env = {k: v for k, v in air.env.items() if not k.startswith("AIRFLOW__")}
+    env.update(AIRFLOW_HOME=str(home),
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path / 'gone' / 'airflow.db'}",
+               **settings)
+    return env
+
+
+CELERY = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+          "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/0"}
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, "consoles.local-executor"),
+    ({**CELERY, "AIRFLOW__CELERY__TASK_LOGS_TO_STDOUT": "True"},
+     "consoles.celery-task-logs-to-stdout"),
+    ({**CELERY, "AIRFLOW__LOGGING__TASK_LOGS_TO_STDOUT": "True"},
+     "consoles.celery-task-logs-to-stdout"),  # [celery] unset falls back to [logging]
+    (CELERY, None),
+    ({**CELERY, "AIRFLOW__LOGGING__TASK_LOGS_TO_STDOUT": "True",
+      "AIRFLOW__CELERY__TASK_LOGS_TO_STDOUT": "False"}, None),  # [celery] wins
+], ids=["local", "celery-on", "celery-via-logging", "celery-default", "celery-off-wins"])
+def test_a_console_that_repeats_task_output_unmasked_is_named(
+        airflow_env: AirflowEnv, tmp_path: Path, settings: dict[str, str],
+        expected: str | None) -> None:
+    got = doctor(configured_home(airflow_env, tmp_path, **settings), "--json")
+    found = {check: items for check, items in by_check(report(got)).items()
+             if check.startswith("consoles.")}
+    if expected is None:
+        assert found == {}, found
+        return
+    assert set(found) == {expected}, found
+    (finding,) = found[expected]
+    # a warning: whether it leaks depends on where that console goes, which is not seen here
+    assert finding["severity"] == "warning"
+    where = "scheduler's console" if "local" in expected else "Celery worker's console"
+    assert where in finding["finding"] and "does not mask" in finding["finding"]
+    assert "shared log sinks" in finding["fix"]
+
+
+CONSOLE_COPY = '''
+import sys
+{configure}
+from airflow.sdk.execution_time.comms import MaskSecret
+from airflow.sdk.execution_time.request_handlers import handle_mask_secret
+from airflow.sdk.execution_time.supervisor import forward_to_log, log
+
+handle_mask_secret(MaskSecret(value={canary!r}, name=None))  # the task's mask_secret
+copy = forward_to_log((log,), logger="task.stdout", level=20)  # subprocess_logs_to_stdout
+next(copy)
+copy.send(b"the task printed {canary}\\n")
+'''
+CORE_LOGGING = ("import airflow.settings\nfrom airflow.logging_config import configure_logging\n"
+                "configure_logging()")
+SDK_LOGGING = ("from airflow.sdk.log import configure_logging\n"
+               "configure_logging(output=sys.stdout.buffer, json_output=True)")
+
+
+@pytest.mark.parametrize(("configure", "masked"), [(CORE_LOGGING, False), (SDK_LOGGING, True)],
+                         ids=["scheduler-or-celery-worker", "kubernetes-pod"])
+def test_the_doctors_premise_holds_on_the_installed_airflow(
+        airflow_env: AirflowEnv, tmp_path: Path, configure: str, masked: bool) -> None:
+    """consoles.py's premise: the supervisor's copy of a task's output, with the task's mask
+    registered as Airflow registers it, is in the clear on a console whose logging Airflow
+    core configured (scheduler, Celery worker) and masked under the Task SDK's (a pod). If
+    Airflow starts masking the former, the finding and docs/airflow.md must change."""
+    canary = "console-canary-4e8b1d"
+    env = configured_home(airflow_env, tmp_path)
+    got = subprocess.run([sys.executable, "-c", CONSOLE_COPY.format(configure=configure,
+                                                                    canary=canary)],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert got.returncode == 0, got.stderr[-3000:]
+    console = got.stdout + got.stderr
+    assert "the task printed" in console
+    assert (canary in console) is not masked, console[-2000:]

@@ -3,9 +3,10 @@
 Run on the API server's host, it reads Airflow's configuration, this environment and (when
 reachable) the metadata database's DAGs, and reports each finding with its fix: which DAGs
 share a worker pool and so trust each other, where the JWT signing key is, broker and auth
-manager credentials, vault credentials within tasks' reach, file modes, plain HTTP, and
-whether the plugin is loaded. The API server's plugin logs the same findings once at
-start-up (:func:`log_findings_once`). One small module per kind of check.
+manager credentials, vault credentials within tasks' reach, file modes, plain HTTP, consoles
+that repeat task output unmasked, and whether the plugin is loaded. The API server's plugin
+logs the same findings once at start-up (:func:`log_findings_once`). One small module per
+kind of check.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from airflow_provider_mlsecrets.doctor import auth, broker, files, jwt, plugin, pools, transport
+from airflow_provider_mlsecrets.doctor import (
+    auth,
+    broker,
+    consoles,
+    files,
+    jwt,
+    plugin,
+    pools,
+    transport,
+)
 from airflow_provider_mlsecrets.doctor import worker_env as _worker_env
 from airflow_provider_mlsecrets.doctor._deployment import Deployment, inspect
 from airflow_provider_mlsecrets.doctor._finding import ORDER, Finding, Severity
@@ -25,7 +35,7 @@ EXIT_HAZARD = 6  # docs/cli.md: the doctor found at least one hazard
 CHECKS: tuple[tuple[str, Callable[[Deployment], list[Finding]]], ...] = (
     ("pools", pools.check), ("jwt", jwt.check), ("broker", broker.check),
     ("auth", auth.check), ("env", _worker_env.check), ("files", files.check),
-    ("transport", transport.check))
+    ("transport", transport.check), ("consoles", consoles.check))
 
 
 def findings(environ: Mapping[str, str] | None = None, *, in_api_server: bool = False,
