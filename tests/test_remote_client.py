@@ -39,7 +39,7 @@ def test_what_http_cannot_do_is_a_clear_error(tmp_path: object) -> None:
     vault = remote.RemoteVault(Settings(home=tmp_path, db_url="sqlite://",  # type: ignore[arg-type]
                                         url="http://127.0.0.1:9"))
     with pytest.raises(ConfigurationError, match="not available through MLSECRETS_URL"):
-        vault.keys.rotate(None)
+        vault.keys.start(None)
     with pytest.raises(ConfigurationError, match="not available through MLSECRETS_URL"):
         vault.initialise()
     with pytest.raises(remote.ServiceUnavailable, match="cannot reach the vault service"):

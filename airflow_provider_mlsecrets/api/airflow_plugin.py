@@ -72,12 +72,19 @@ def _report(log_findings_once: Any) -> None:
                     "mlsecrets doctor'", type(exc).__name__)
 
 
+def _announce(path: str, version: int | None) -> str:
+    """A rotation made through the plugin's service emits the DAG's asset event."""
+    from airflow_provider_mlsecrets.rotation.events import announce_rotated
+
+    return announce_rotated(path, version)
+
+
 class MLSecretsPlugin(AirflowPlugin):
     """Mounts ``/mlsecrets/v1`` in the API server and the task-identity middleware."""
 
     name = "mlsecrets"
     fastapi_apps = [  # noqa: RUF012 - the base class declares these as lists
-        {"app": create_app(verifiers=(airflow_user,)), "url_prefix": URL_PREFIX,
+        {"app": create_app(verifiers=(airflow_user,), announce=_announce), "url_prefix": URL_PREFIX,
          "name": "mlsecrets"}]
     fastapi_root_middlewares = [  # noqa: RUF012
         {"middleware": _identity_middleware, "args": [], "kwargs": {},

@@ -15,7 +15,7 @@ from airflow_provider_mlsecrets.api.address import Network, networks
 from airflow_provider_mlsecrets.api.auth import Verifier, authenticator
 from airflow_provider_mlsecrets.api.flood import FloodGuard, Summary, write_summary
 from airflow_provider_mlsecrets.api.hardening import Hardening, RateLimiter
-from airflow_provider_mlsecrets.api.routes import build_router
+from airflow_provider_mlsecrets.api.routes import Announce, build_router
 from airflow_provider_mlsecrets.errors import MLSecretsError
 from airflow_provider_mlsecrets.service import Vault
 from airflow_provider_mlsecrets.settings import Settings
@@ -30,9 +30,11 @@ def create_app(settings: Callable[[], Settings] = Settings.load, *,
                verifiers: tuple[Verifier, ...] = (), rate: float = 50.0, burst: int = 100,
                max_body: int = MAX_BODY, tls: bool = False,
                max_failed_auth: float = MAX_FAILED_AUTH,
-               failed_auth_window: float = FAILED_AUTH_WINDOW) -> FastAPI:
+               failed_auth_window: float = FAILED_AUTH_WINDOW,
+               announce: Announce | None = None) -> FastAPI:
     """The service. ``settings`` is called once, at the first request, so building the app
-    (as Airflow does when it loads plugins) touches neither the HSM nor the database."""
+    (as Airflow does when it loads plugins) touches neither the HSM nor the database.
+    ``announce`` emits the asset event of a rotation made through the service."""
     lock = threading.Lock()
     holder: list[Vault] = []
     proxies: list[tuple[Network, ...]] = []
@@ -71,7 +73,7 @@ def create_app(settings: Callable[[], Settings] = Settings.load, *,
     errors.install(app)
     app.state.authenticate = authenticator(*verifiers, vault=vault, flood=flood)
     app.state.flood = flood
-    app.include_router(build_router(vault))
+    app.include_router(build_router(vault, announce))
     app.add_middleware(Hardening, max_body=max_body, limiter=RateLimiter(rate, burst),
                        tls=tls, trusted=trusted, flood=flood)
     return app

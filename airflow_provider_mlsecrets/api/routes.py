@@ -23,6 +23,7 @@ from airflow_provider_mlsecrets.service import Caller, Vault
 from airflow_provider_mlsecrets.service.audit import AuditFilter
 
 Authenticate = Callable[[Request], Awaitable[Caller]]
+Announce = Callable[[str, int | None], str]  # a finished rotation -> what was announced
 MAX_NAME = 256
 MAX_VERSION = 2**31 - 1  # the store's integer columns (PostgreSQL's integer)
 
@@ -57,6 +58,11 @@ class VerifyIn(_Strict):
 class RevokeIn(_Strict):
     principal: str = Field(max_length=MAX_NAME)
     pattern: str = Field(max_length=MAX_NAME)
+
+
+class RotateIn(_Strict):
+    only_if_due: bool = False  # do only what is due (the rotation DAG's mapped tasks)
+    announce: bool = True  # emit the asset event here (the DAG emits its own)
 
 
 class KeyRotateIn(_Strict):
@@ -116,7 +122,10 @@ async def current_caller(request: Request) -> Caller:
 Who = Annotated[Caller, Depends(current_caller)]
 
 
-def build_router(vault: Callable[[], Vault]) -> APIRouter:
+def build_router(vault: Callable[[], Vault], announce: Announce | None = None) -> APIRouter:
+    """The routes. ``announce`` emits a rotation's asset event where Airflow's metadata
+    database is at hand (the API server's plugin); without it a rotation says it emitted
+    none."""
     router = APIRouter(prefix="/v1")
 
     # -- the vault ---------------------------------------------------------------------
@@ -237,9 +246,29 @@ def build_router(vault: Callable[[], Vault]) -> APIRouter:
     def rotation_status(caller: Who) -> builtins.list[dict[str, Any]]:
         return plain(vault().rotation.status(caller))  # type: ignore[no-any-return]
 
+    @router.get("/rotation/due", tags=["rotation"])
+    def rotation_due(caller: Who) -> builtins.list[str]:
+        """Paths whose rotation, resumption or invalidation is due, among those the caller
+        may rotate."""
+        return vault().rotation.due(caller)
+
     @router.post("/rotate/{path:path}", tags=["rotation"])
-    def rotate(path: str, caller: Who) -> dict[str, Any]:
-        return plain(vault().rotation.rotate(caller, path))  # type: ignore[no-any-return]
+    def rotate(path: str, caller: Who, body: RotateIn | None = None) -> dict[str, Any]:
+        """Run (or resume) a rotation; with ``only_if_due``, only what is due. A finished
+        rotation emits its asset event here unless ``announce`` is false."""
+        body = body or RotateIn()
+        result = vault().rotation.rotate(caller, path, only_if_due=body.only_if_due)
+        out: dict[str, Any] = plain(result)
+        if body.announce and result.result == "rotated":
+            out["asset_event"] = (announce(result.path, result.version) if announce else
+                                  "no asset event: this vault service is not Airflow's API "
+                                  "server, which has Airflow's metadata database")
+        return out
+
+    @router.post("/rotation/retain", tags=["rotation"])
+    def rotation_retain(caller: Who) -> dict[str, Any]:
+        """Destroy retired versions older than their policy's retention."""
+        return {"destroyed": vault().rotation.retain(caller)}
 
     @router.get("/keys", tags=["keys"])
     def keys(caller: Who) -> builtins.list[dict[str, Any]]:

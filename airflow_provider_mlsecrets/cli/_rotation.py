@@ -25,6 +25,7 @@ from airflow_provider_mlsecrets.rotation.registry import available
 
 if TYPE_CHECKING:
     from airflow_provider_mlsecrets.cli.main import Context
+    from airflow_provider_mlsecrets.service.rotation import RotationResult
 
 MAX_CONFIG_FILE = 64 * 1024
 
@@ -121,6 +122,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     target.add_argument("--due", action="store_true",
                         help="everything due: rotations, resumptions, invalidations after "
                              "the grace period, and retention")
+    rotate.add_argument("--no-asset-event", dest="asset_event", action="store_false",
+                        help="do not emit the Airflow asset event the rotation DAG would "
+                             "(mlsecrets://PATH) for what this rotates")
     rotate.set_defaults(handler=_rotate)
 
 
@@ -167,6 +171,7 @@ class _Row:
     version: int | None
     steps: str
     error: str
+    asset_event: str = ""
 
 
 def _rotate(args: argparse.Namespace, ctx: Context) -> None:
@@ -176,8 +181,9 @@ def _rotate(args: argparse.Namespace, ctx: Context) -> None:
     with ctx.output.progress("rotating", len(paths)) as advance:
         for path in paths:
             try:
-                r = rotation.rotate(ctx.caller, path, only_if_due=args.due)
-                rows.append(_Row(path, r.result, r.version, ",".join(r.steps), ""))
+                r, event = _rotate_one(ctx, path, args.due, args.asset_event)
+                rows.append(_Row(path, r.result, r.version, ",".join(r.steps), "",
+                                 event or ""))
             except MLSecretsError as exc:  # one bad secret does not stop the others
                 if not args.due:
                     raise
@@ -189,8 +195,10 @@ def _rotate(args: argparse.Namespace, ctx: Context) -> None:
     if ctx.output.as_json:
         ctx.output.data({"results": rows, "destroyed": destroyed})
     else:
-        ctx.output.table(rows, ["path", "result", "version", "steps", "error"],
-                         empty="nothing is due")
+        columns = ["path", "result", "version", "steps", "error"]
+        if any(r.asset_event for r in rows):
+            columns.append("asset_event")
+        ctx.output.table(rows, columns, empty="nothing is due")
         counts = {k: sum(r.result == k for r in rows)
                   for k in ("rotated", "invalidated", "cancelled", "failed", "busy")}
         ctx.output.warn(", ".join(f"{v} {k}" for k, v in counts.items())
@@ -199,3 +207,24 @@ def _rotate(args: argparse.Namespace, ctx: Context) -> None:
     if failed:
         raise RotationFailed(f"{len(failed)} rotation(s) failed; the current versions are "
                              "unchanged ('mlsecrets rotation status' shows why)")
+
+
+def _rotate_one(ctx: Context, path: str, only_if_due: bool,
+                asset_event: bool) -> tuple[RotationResult, str | None]:
+    """Rotate ``path``; a finished rotation emits the asset event the rotation DAG would,
+    so the DAGs that follow the secret hear of it: through the service when the vault is
+    remote (the API server's plugin has Airflow's database), else here when this host has
+    an Airflow to tell. The event, or why none, for the table."""
+    from airflow_provider_mlsecrets.client.remote import RemoteRotation
+
+    rotation = ctx.vault.rotation
+    if asset_event and isinstance(rotation, RemoteRotation):
+        return rotation.rotate_and_announce(ctx.caller, path, only_if_due=only_if_due)
+    result = rotation.rotate(ctx.caller, path, only_if_due=only_if_due)
+    if not asset_event or result.result != "rotated":
+        return result, None
+    from airflow_provider_mlsecrets.rotation.events import airflow_configured, announce_rotated
+
+    if not airflow_configured():
+        return result, "no asset event: no Airflow is configured here (AIRFLOW_HOME)"
+    return result, announce_rotated(result.path, result.version)

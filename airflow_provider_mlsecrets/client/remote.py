@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.paths import parse_path
 from airflow_provider_mlsecrets.service import Caller
 from airflow_provider_mlsecrets.service.access import GrantInfo, PrincipalInfo
 from airflow_provider_mlsecrets.service.audit import AuditFilter, AuditView
+from airflow_provider_mlsecrets.service.keys import RotationReport
 from airflow_provider_mlsecrets.service.rotation import RotationResult, RotationStatus
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
 from airflow_provider_mlsecrets.service.vault import KeyView
@@ -242,12 +243,56 @@ class RemoteRotation(_Unsupported):
     def status(self, caller: Caller) -> builtins.list[RotationStatus]:
         return [_build(RotationStatus, r) for r in self._http.call(caller, "GET", "rotation")]
 
+    def due(self, caller: Caller, now: datetime | None = None) -> builtins.list[str]:
+        _service_clock(now)
+        return [str(p) for p in self._http.call(caller, "GET", "rotation/due")]
+
     def rotate(self, caller: Caller, path: str, *, only_if_due: bool = False,
                after_step: Any = None) -> RotationResult:
-        if only_if_due or after_step is not None:
-            raise errors.ConfigurationError("only a plain 'rotate PATH' is available through "
+        """As the vault's: no asset event (the rotation DAG emits its own)."""
+        result, _ = self._rotate(caller, path, only_if_due, after_step, announce=False)
+        return result
+
+    def rotate_and_announce(self, caller: Caller, path: str, *,
+                            only_if_due: bool = False) -> tuple[RotationResult, str | None]:
+        """Rotate, and have the service emit the asset event a rotation by the DAG would
+        (the API server's plugin can; ``mlsecrets serve`` says it cannot): the result, and
+        what the service says of the event (``None`` when nothing was rotated)."""
+        return self._rotate(caller, path, only_if_due, None, announce=True)
+
+    def _rotate(self, caller: Caller, path: str, only_if_due: bool, after_step: Any, *,
+                announce: bool) -> tuple[RotationResult, str | None]:
+        if after_step is not None:
+            raise errors.ConfigurationError("a step hook is not available through "
                                             "MLSECRETS_URL")
-        return _build(RotationResult, self._http.call(caller, "POST", f"rotate/{_path(path)}"))
+        got = self._http.call(caller, "POST", f"rotate/{_path(path)}",
+                              body={"only_if_due": only_if_due, "announce": announce})
+        event = got.get("asset_event") if isinstance(got, dict) else None
+        return _build(RotationResult, got), (str(event) if event is not None else None)
+
+    def retain(self, caller: Caller, now: datetime | None = None) -> builtins.list[str]:
+        _service_clock(now)
+        return [str(p) for p in self._http.call(caller, "POST", "rotation/retain")["destroyed"]]
+
+
+def _service_clock(now: datetime | None) -> None:
+    if now is not None:
+        raise errors.ConfigurationError("the service decides with its own clock; 'now' is "
+                                        "not available through MLSECRETS_URL")
+
+
+class RemoteKeys(_Unsupported):
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def rotate(self, caller: Caller, *, new_version: bool = True, disable: bool = True,
+               progress: Progress | None = None) -> RotationReport:
+        got = self._http.call(caller, "POST", "keys/rotate",
+                              body={"resume": not new_version, "keep_retired": not disable})
+        report = _build(RotationReport, got)
+        if progress is not None:
+            progress(report.rewrapped + len(report.failed))
+        return report
 
 
 class RemoteVault(_Unsupported):
@@ -261,7 +306,7 @@ class RemoteVault(_Unsupported):
         self.access = RemoteAccess(http)
         self.audit = RemoteAudit(http)
         self.rotation = RemoteRotation(http)
-        self.keys = _Unsupported()
+        self.keys = RemoteKeys(http)
 
     def status(self, caller: Caller) -> dict[str, object]:
         return dict(self._http.call(caller, "GET", "status"))

@@ -1,10 +1,13 @@
-"""``MLSecretsHook``: the vault from task code, configured by an Airflow connection.
+"""``MLSecretsHook``: the vault from task code.
 
-The connection (type ``mlsecrets``, default id ``mlsecrets_default``) says where the vault is:
-its database URL, PKCS#11 module and token label; the vault home for a dev vault. The HSM PIN
-and the principal token are never fields of the connection (the metastore is not where they
-belong): they come from files or the environment (``MLSECRETS_PKCS11_PIN_FILE``,
-``MLSECRETS_TOKEN_FILE``), or from the ``pin_file`` / ``token_file`` extras naming such files.
+Where the vault is comes from the process's own ``MLSECRETS_*`` settings: ``MLSECRETS_URL``
+(the vault service: the API server's ``/mlsecrets`` or ``mlsecrets serve``; a worker then
+holds a token and no key), or the database and HSM settings of an embedded vault. A hook
+never creates a vault: with neither, it fails saying what to set. The connection (type
+``mlsecrets``, default id ``mlsecrets_default``, optional) may set one extra,
+``token_file``: the file holding the principal's token (else ``MLSECRETS_TOKEN_FILE``).
+Anything else in it (a host, another extra) is refused, because whoever may edit
+connections must not choose the PKCS#11 library, database or service a token is sent to.
 Every call is audited with the task's identity; values handed to a task are registered with
 Airflow's masker.
 """
@@ -17,7 +20,7 @@ from typing import Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlsecrets.airflow_context import caller_context
-from airflow_provider_mlsecrets.client import open_vault
+from airflow_provider_mlsecrets.client import open_existing_vault
 from airflow_provider_mlsecrets.errors import ConfigurationError
 from airflow_provider_mlsecrets.masking import mask
 from airflow_provider_mlsecrets.service import Caller, Vault
@@ -96,7 +99,7 @@ class MLSecretsHook(BaseHook):
     @property
     def vault(self) -> Vault:
         if self._vault is None:
-            self._vault = open_vault(Settings.load(overrides=self._overrides()))
+            self._vault = open_existing_vault(Settings.load(overrides=self._overrides()))
         return self._vault
 
     def _overrides(self) -> dict[str, str | None]:

@@ -32,10 +32,20 @@ def secret_asset(path: str) -> Asset:
     return Asset(f"{SCHEME}://{path}")
 
 
-def _hook(conn_id: str) -> Any:
+def _vault(conn_id: str) -> tuple[Any, Any]:
+    """The vault the task reaches (the service at ``MLSECRETS_URL``, or an embedded one)
+    and the rotating principal. A missing setting fails the task for good, saying what to
+    configure: retrying cannot fix it."""
+    from airflow_provider_mlsecrets.errors import ConfigurationError
     from airflow_provider_mlsecrets.hooks.vault import MLSecretsHook
 
-    return MLSecretsHook(mlsecrets_conn_id=conn_id)
+    hook = MLSecretsHook(mlsecrets_conn_id=conn_id)
+    try:
+        return hook.vault, hook.caller()
+    except ConfigurationError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"the rotation DAG is not configured: {exc}") from None
 
 
 def create_rotation_dag(
@@ -57,12 +67,15 @@ def create_rotation_dag(
         duration (``None``: never from this DAG).
     :param keep_retired_keys: leave retired KEKs enabled after a key rotation (for sealed
         values that still need re-sealing).
-    :param mlsecrets_conn_id: the connection whose extras configure the vault and the
-        rotating principal's ``token_file`` (a ``rotator`` principal with ``rotate`` and
-        ``list`` on the paths it rotates, ``inject`` on the credentials its rotators use,
-        and ``rotate``, ``list`` and ``audit`` on ``**`` for the key and the audit check);
-        if it does not exist, the ``MLSECRETS_*`` environment does. Its
-        ``audit_checkpoint_url`` setting names the folder each run publishes a checkpoint to.
+    :param mlsecrets_conn_id: the connection whose ``token_file`` extra names the rotating
+        principal's token (a ``rotator`` principal with ``rotate`` and ``list`` on the
+        paths it rotates, ``inject`` on the credentials its rotators use, and ``rotate``,
+        ``list`` and ``audit`` on ``**`` for the key and the audit check); if it does not
+        exist, ``MLSECRETS_TOKEN_FILE`` does. Where the vault is comes from the worker's
+        ``MLSECRETS_*`` environment: in production ``MLSECRETS_URL`` (the API server's
+        ``/mlsecrets`` or ``mlsecrets serve``), so the worker holds a token and no key;
+        ``MLSECRETS_AUDIT_CHECKPOINT_URL`` names the folder each run publishes a checkpoint
+        to.
     """
     kek_age = parse_duration(kek_every) if kek_every else None
 
@@ -73,16 +86,16 @@ def create_rotation_dag(
     def rotation() -> None:
         @task
         def find_due() -> list[str]:
-            hook = _hook(mlsecrets_conn_id)
-            due: list[str] = hook.vault.rotation.due(hook.caller())
+            vault, caller = _vault(mlsecrets_conn_id)
+            due: list[str] = vault.rotation.due(caller)
             log.info("%d secret(s) due: %s", len(due), ", ".join(due) or "none")
             return due
 
         @task(outlets=[AssetAlias(ROTATED)])
         def rotate(path: str, *, outlet_events: Any = None) -> dict[str, Any]:
-            hook = _hook(mlsecrets_conn_id)
+            vault, caller = _vault(mlsecrets_conn_id)
             try:
-                result = hook.vault.rotation.rotate(hook.caller(), path, only_if_due=True)
+                result = vault.rotation.rotate(caller, path, only_if_due=True)
             except RotationBusy as exc:  # another run holds it: not this run's failure
                 log.warning("%s", exc)
                 return {"path": path, "result": "busy", "version": None}
@@ -95,8 +108,7 @@ def create_rotation_dag(
 
         @task
         def rotate_key() -> dict[str, Any]:
-            hook = _hook(mlsecrets_conn_id)
-            vault, caller = hook.vault, hook.caller()
+            vault, caller = _vault(mlsecrets_conn_id)
             current = next(k for k in vault.key_list(caller) if k.state == "current")
             created = datetime.fromisoformat(current.created_at.replace("Z", "+00:00"))
             if kek_age is None or datetime.now(timezone.utc) - created < kek_age:
@@ -111,8 +123,7 @@ def create_rotation_dag(
         @task(trigger_rule="all_done")
         def verify_and_summarise(due: list[str], results: Iterable[Any],
                                  key: Mapping[str, Any] | None) -> dict[str, Any]:
-            hook = _hook(mlsecrets_conn_id)
-            vault, caller = hook.vault, hook.caller()
+            vault, caller = _vault(mlsecrets_conn_id)
             destroyed = vault.rotation.retain(caller)
             summary = summarise(due or [], results or [],
                                 [s.path for s in vault.rotation.status(caller)])

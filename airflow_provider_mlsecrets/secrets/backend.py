@@ -125,8 +125,8 @@ class MLSecretsBackend(BaseSecretsBackend):
 
     def relaying(self) -> bool:
         """Whether this backend relays to the Execution API instead of opening the vault:
-        in a supervised task process that holds no vault credential (no token, token file
-        or URL), where it could only be refused (see :mod:`.relay`)."""
+        in a supervised task process that holds no vault credential (no token or token
+        file), where it could only be refused (see :mod:`.relay`)."""
         from airflow_provider_mlsecrets.secrets.relay import in_task_process
 
         if not in_task_process():
@@ -142,7 +142,8 @@ class MLSecretsBackend(BaseSecretsBackend):
             settings = Settings.load(overrides=self._settings)
         except MLSecretsError:
             return True  # misconfigured, not absent: the lookup will say what to fix
-        return bool(settings.token or settings.token_file or settings.url)
+        # a service URL alone is no credential: with it this process could only be refused
+        return bool(settings.token or settings.token_file)
 
     def _ours(self, kind: str, identifier: str) -> bool:
         """Whether the API server's backend (same prefixes and patterns) serves this key."""
@@ -298,10 +299,10 @@ class MLSecretsBackend(BaseSecretsBackend):
 
     def _get_vault(self) -> Vault:
         if self._vault is None or self._pid != os.getpid():
-            from airflow_provider_mlsecrets.client import open_vault
+            from airflow_provider_mlsecrets.client import open_existing_vault
             from airflow_provider_mlsecrets.settings import Settings
 
-            self._vault = open_vault(Settings.load(overrides=self._settings))
+            self._vault = open_existing_vault(Settings.load(overrides=self._settings))
             self._pid = os.getpid()
         return self._vault
 

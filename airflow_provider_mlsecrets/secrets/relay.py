@@ -13,7 +13,7 @@ Two ways to run it, with no ``MLSECRETS_*`` setting on the worker:
 
 - one ``airflow.cfg`` everywhere: ``[workers] secrets_backend`` unset falls back to
   ``[secrets] backend``, and ``MLSecretsBackend`` relays by itself in a supervised task
-  process that has no vault credential (no token, token file or URL);
+  process that has no vault credential (no token or token file; a URL alone is none);
 - explicitly: ``[workers] secrets_backend = airflow_provider_mlsecrets.secrets.relay.
   MLSecretsRelay`` with the same prefixes and lookup patterns as the API server's backend.
 """
