@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +57,12 @@ class AirflowEnv:
                 for r in self.vault.audit.tail(self.admin, n) if r.action == "secret.inject"]
 
 
-def dev_vault(home: Path) -> tuple[Vault, Caller]:
-    """A SoftHSM2 token and a SQLite vault in ``home``, with the ``config.json`` that the
-    API server or a task finds through ``MLSECRETS_HOME``; the vault and its engineer."""
+def dev_vault(home: Path, db_url: str | None = None) -> tuple[Vault, Caller]:
+    """A SoftHSM2 token and a vault in ``home`` (its database at ``db_url``, else SQLite in
+    ``home``), with the ``config.json`` that the API server or a task finds through
+    ``MLSECRETS_HOME``; the vault and its engineer."""
     dev = provision(home, "mlsecrets")
-    settings = Settings(home=home, db_url=f"sqlite:///{home / 'vault.db'}",
+    settings = Settings(home=home, db_url=db_url or f"sqlite:///{home / 'vault.db'}",
                         pkcs11_module=dev.module, pkcs11_pin_file=dev.pin_file,
                         softhsm2_conf=dev.conf)
     (home / "config.json").write_text(json.dumps(settings.as_config()))
@@ -162,6 +163,7 @@ class Cluster:
         return self.logs[name].read_text(errors="replace")
 
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    process_env: dict[str, dict[str, str]] = field(default_factory=dict)  # as started
 
 
 def _free_port() -> int:
@@ -213,10 +215,12 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
 
 
 @contextlib.contextmanager
-def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int) -> Iterator[None]:
+def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int,
+                  workers_env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Run the API server (the only process given the vault, through ``MLSECRETS_HOME``),
     the scheduler and the dag-processor, each logging to ``base/NAME.log``; stop them all
-    however the block ends."""
+    however the block ends. ``workers_env`` goes to every process but the API server (the
+    LocalExecutor's task processes are the scheduler's children)."""
     commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
                 "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
     try:
@@ -225,6 +229,9 @@ def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int) -> 
             process_env = dict(cluster.env)
             if name == "api-server":
                 process_env["MLSECRETS_HOME"] = str(vault_home)
+            else:
+                process_env.update(workers_env or {})
+            cluster.process_env[name] = process_env
             with log.open("wb") as out:
                 cluster.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "airflow", *command], env=process_env,
