@@ -11,6 +11,9 @@ vouch for:
   running, and answers any refusal with a final HTTP 403 (see :mod:`.task_identity`).
   (Task code itself never sees that token, so a task cannot present it to ``/mlsecrets/v1``
   directly; see docs/service.md.)
+
+It also adds the security console, a "Secrets" page under Airflow's Security menu
+(:mod:`..console`, docs/console.md), served at ``/mlsecrets/console/``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from airflow_provider_mlsecrets.api.task_identity import (
     in_execution_request,
     task_identity,
 )
+from airflow_provider_mlsecrets.console import ConsoleBridge, create_console_app, external_view
 
 URL_PREFIX = "/mlsecrets"
 log = logging.getLogger(__name__)
@@ -79,14 +83,23 @@ def _announce(path: str, version: int | None) -> str:
     return announce_rotated(path, version)
 
 
+def _service() -> Any:
+    """The vault's app behind the console's front door, which serves the page at
+    ``/console/`` and lets it call the read-only insight routes with the user's Airflow
+    session (:mod:`..console._bridge`). One app, so Airflow mounts one prefix."""
+    app = create_app(verifiers=(airflow_user,), announce=_announce)
+    app.add_middleware(ConsoleBridge, console=create_console_app())
+    return app
+
+
 class MLSecretsPlugin(AirflowPlugin):
-    """Mounts ``/mlsecrets/v1`` in the API server and the task-identity middleware."""
+    """Mounts ``/mlsecrets/v1`` and the console page in the API server, the console's entry
+    in Airflow's navigation, and the task-identity middleware."""
 
     name = "mlsecrets"
     fastapi_apps = [  # noqa: RUF012 - the base class declares these as lists
-        {"app": create_app(verifiers=(airflow_user,), announce=_announce), "url_prefix": URL_PREFIX,
-         "name": "mlsecrets"}]
+        {"app": _service(), "url_prefix": URL_PREFIX, "name": "mlsecrets"}]
     fastapi_root_middlewares = [  # noqa: RUF012
         {"middleware": _identity_middleware, "args": [], "kwargs": {},
          "name": "mlsecrets-task-identity"}]
-
+    external_views = [external_view(URL_PREFIX)]  # noqa: RUF012
