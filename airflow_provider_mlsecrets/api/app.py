@@ -15,6 +15,7 @@ from airflow_provider_mlsecrets.api.address import Network, networks
 from airflow_provider_mlsecrets.api.auth import Verifier, authenticator
 from airflow_provider_mlsecrets.api.flood import FloodGuard, Summary, write_summary
 from airflow_provider_mlsecrets.api.hardening import Hardening, RateLimiter
+from airflow_provider_mlsecrets.api.insight_routes import build_insight_router
 from airflow_provider_mlsecrets.api.routes import Announce, build_router
 from airflow_provider_mlsecrets.errors import MLSecretsError
 from airflow_provider_mlsecrets.service import Vault
@@ -74,6 +75,7 @@ def create_app(settings: Callable[[], Settings] = Settings.load, *,
     app.state.authenticate = authenticator(*verifiers, vault=vault, flood=flood)
     app.state.flood = flood
     app.include_router(build_router(vault, announce))
+    app.include_router(build_insight_router(vault))
     app.add_middleware(Hardening, max_body=max_body, limiter=RateLimiter(rate, burst),
                        tls=tls, trusted=trusted, flood=flood)
     return app

@@ -24,6 +24,7 @@ from airflow_provider_mlsecrets.service.access import (
 )
 from airflow_provider_mlsecrets.service.audit import AuditService
 from airflow_provider_mlsecrets.service.backup import BackupService
+from airflow_provider_mlsecrets.service.insight import InsightService
 from airflow_provider_mlsecrets.service.keys import KeyService
 from airflow_provider_mlsecrets.service.rotation import RotationService
 from airflow_provider_mlsecrets.service.secrets import SecretsService
@@ -68,6 +69,7 @@ class Vault:
         self.keys = KeyService(self.core)
         self.backups = BackupService(self.core)
         self.rotation = RotationService(self.core, self.secrets)
+        self.insight = InsightService(self.core)
 
     @property
     def settings(self) -> Settings:
