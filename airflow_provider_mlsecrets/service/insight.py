@@ -14,19 +14,51 @@ first in every record's reason, followed by ``; …`` for anything the operation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, TypeVar
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import and_, or_, select
+from croniter import croniter
+from sqlalchemy import String, and_, func, or_, select, tuple_
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
-from airflow_provider_mlsecrets.errors import IntegrityError, InvalidInput
-from airflow_provider_mlsecrets.policy.roles import Capability
+from airflow_provider_mlsecrets.audit import mark as hsm_mark
+from airflow_provider_mlsecrets.audit.record import Outcome, format_ts
+from airflow_provider_mlsecrets.errors import IntegrityError, InvalidInput, NotFound
+from airflow_provider_mlsecrets.paths import matches, parse_path
+from airflow_provider_mlsecrets.policy.decide import Rule, decide
+from airflow_provider_mlsecrets.policy.roles import Capability, Role, parse_capabilities
 from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
-from airflow_provider_mlsecrets.service._integrity import check_secret
-from airflow_provider_mlsecrets.store.models import Rotation, RotationStep, Secret, SecretVersion
+from airflow_provider_mlsecrets.service._integrity import check_secret, principal_intact
+from airflow_provider_mlsecrets.service.access import PrincipalInfo
+from airflow_provider_mlsecrets.service.audit import AuditFilter, AuditView
+from airflow_provider_mlsecrets.service.audit import _view as audit_view
+from airflow_provider_mlsecrets.service.rotation import RotationStatus
+from airflow_provider_mlsecrets.service.rotation import _status as rotation_status
+from airflow_provider_mlsecrets.service.secrets import VersionInfo
+from airflow_provider_mlsecrets.store.models import (
+    AuditAnchor,
+    AuditHead,
+    AuditRecord,
+    Grant,
+    Kek,
+    KeyState,
+    Principal,
+    Rotation,
+    RotationStep,
+    Secret,
+    SecretVersion,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.service.vault import KeyView  # vault.py imports this module
 
 T = TypeVar("T")
 
@@ -39,6 +71,10 @@ OVERDUE_AFTER = timedelta(days=1)
 STATES = ("none", "ok", "due", "overdue", "failed", "in grace", "half done")
 SORTS = ("path", "-path", "age", "-age", "due", "owner", "state", "team")
 MAX_LIMIT = 500
+MAX_EXPORT = 100_000
+DEFAULT_WINDOW = timedelta(days=90)
+BUCKETS = {"hour": (13, timedelta(hours=1)), "day": (10, timedelta(days=1))}  # ts[:width]
+MAX_BUCKETS = 5000
 
 
 @dataclass(frozen=True)
@@ -50,6 +86,7 @@ class Page(Generic[T]):
     total: int
     offset: int
     limit: int
+    next_before: tuple[int, int] | None = None  # the audit timeline's next page, if any
 
 
 @dataclass(frozen=True)
@@ -66,6 +103,102 @@ class SecretRow:
     rotation_state: str  # one of STATES
     deleted: bool
     intact: bool = True  # False: the row fails its integrity MAC (altered in the database)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One principal's effective access to one path, as the vault decides it."""
+
+    principal: str
+    role: str
+    status: str  # active | revoked | expired | altered (the vault refuses all but active)
+    allowed: tuple[str, ...]  # capabilities the decision allows on this path
+    denied: tuple[str, ...]  # capabilities an explicit deny refuses on this path
+    via: tuple[str, ...]  # the decision's reasons ("grant of inject on ml/**", "role auditor")
+    kind: str  # dag | airflow-user | airflow-role | team | principal
+    note: str = ""  # what else limits it (a team's namespace, for Airflow lookups)
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    """An audit record as the console shows it (its context reduced to the task)."""
+
+    ts: str
+    principal: str
+    action: str
+    outcome: str
+    path: str
+    dag_id: str | None
+    task_id: str | None
+    reason: str
+    chain: int
+    seq: int
+    version: int | None = None
+    run_id: str | None = None
+    component: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretDetail:
+    secret: SecretRow
+    versions: list[VersionInfo]
+    reach: list[Reach]
+    recent: list[AccessEvent]  # newest first, every action on this path
+    rotations: list[AccessEvent]  # rotation.* records of this path, newest first
+    rotation: RotationStatus | None = None
+
+
+@dataclass(frozen=True)
+class GrantUse:
+    pattern: str
+    effect: str
+    capabilities: str
+    created_at: datetime
+    last_used_at: datetime | None  # the newest record this grant decided, in the window
+    uses: int  # records this grant decided in the window (allowed; for a deny: denied)
+    unused: bool = False  # an allow grant that decided nothing in the window
+
+
+@dataclass(frozen=True)
+class PrincipalRow:
+    name: str
+    role: str
+    status: str
+    kind: str
+    grants: int
+    unused_grants: int
+    last_seen_at: datetime | None  # the newest record naming it, any outcome, ever
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None  # the newest allowed record in the window
+
+
+@dataclass(frozen=True)
+class PrincipalDetail:
+    row: PrincipalRow
+    grants: list[GrantUse]
+    reach: list[tuple[str, tuple[str, ...]]]  # (path, allowed capabilities), existing secrets
+    reach_total: int = 0  # secrets it reaches (``reach`` may stop earlier)
+
+
+@dataclass(frozen=True)
+class RotationRow:
+    status: RotationStatus
+    state: str  # as SecretRow.rotation_state
+    intact: bool = True
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key: KeyView
+    wraps: int  # live data keys wrapped by this KEK
+    pending_rewrap: int  # of those, still to be re-wrapped (under a retired KEK)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    allowed: int
+    denied: int
 
 
 def team_of(path: str, template: str = TEAM_TEMPLATE) -> str | None:
@@ -106,6 +239,212 @@ def rotation_state(has_policy: bool, state: Any, now: datetime) -> str:
     if state.invalidate_after is not None:
         return "in grace"
     return "ok"
+
+
+# -- who is who, and what they reach ----------------------------------------------------------
+_KINDS = (("dag:", "dag"), ("airflow-user:", "airflow-user"), ("airflow-role:", "airflow-role"),
+          ("team:", "team"))
+
+
+def kind_of(name: str) -> str:
+    """What sort of principal a name is: a DAG's (``dag:ID``), an Airflow user's or role's
+    binding, a team's (multi-team Airflow), or a principal with a token of its own."""
+    for prefix, kind in _KINDS:
+        if name.startswith(prefix):
+            return kind
+    return "principal"
+
+
+def rules_of(grants: Iterable[Any]) -> tuple[Rule, ...]:
+    """A principal's grants as the decision reads them (as ``Core`` builds its actor)."""
+    return tuple(Rule(pattern=g.pattern, capabilities=parse_capabilities([g.capabilities]),
+                      deny=g.effect == "deny") for g in grants)
+
+
+Access = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # allowed, denied, via
+
+
+def access_to(role: Role, rules: Sequence[Rule], path: str) -> Access:
+    """Every capability decided on ``path`` by :func:`decide`: those allowed, those an
+    explicit deny refuses, and the reasons of the allowed ones."""
+    allowed, denied, via = [], [], []
+    for capability in Capability:
+        decision = decide(role, tuple(rules), capability, path)
+        if decision.allowed:
+            allowed.append(capability.value)
+            if decision.reason not in via:
+                via.append(decision.reason)
+        elif decision.reason.startswith("explicit deny"):
+            denied.append(capability.value)
+    return tuple(allowed), tuple(denied), tuple(via)
+
+
+def effective(role: Role, rules: Sequence[Rule], paths: Iterable[str]) -> dict[str, Access]:
+    """:func:`access_to` for many paths. The decision reads a path only through which rules'
+    patterns match it, so paths matched by the same rules get the same answer: it is asked
+    once per distinct set of matching rules, not once per path (a test checks that this
+    agrees with asking for every path)."""
+    memo: dict[tuple[bool, ...], Access] = {}
+    out = {}
+    for path in paths:
+        key = tuple(matches(r.pattern, path) for r in rules)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = access_to(role, rules, path)
+        out[path] = found
+    return out
+
+
+def team_note(name: str, kind: str, path: str) -> str:
+    """What the secrets backend's team namespaces add for Airflow lookups of ``path``."""
+    team = team_of(path)
+    if team is None:
+        return ""
+    if kind == "team" and name != f"team:{team}":
+        return f"Airflow lookups as {name} never reach team {team}'s namespace"
+    if kind == "dag":
+        return f"through Airflow, only while the DAG runs as a task of team {team}"
+    return ""
+
+
+# -- the audit trail's derived columns (indexed by migration 0006) ----------------------------
+class decision_of(FunctionElement[str]):
+    """The decision that opened a record's reason: the text before its first ``;``
+    (``grant of inject on ml/**``). Compiled per database exactly as migration 0006 indexes
+    it, so the index serves it."""
+
+    type = String()
+    inherit_cache = True
+    name = "mlsecrets_decision"
+
+
+class dag_of(FunctionElement[str]):
+    """The verified ``dag_id`` in a record's context (canonical JSON: ``"dag_id":"…"``), read
+    with string functions only, so no stored context, however malformed, can fail a query
+    or an insert; NULL if there is none. Compiled as migration 0006 indexes it."""
+
+    type = String()
+    inherit_cache = True
+    name = "mlsecrets_dag"
+
+
+DAG_KEY = '"dag_id":"'
+
+
+def decision_sql(column: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return f"split_part({column}, ';', 1)"
+    return f"substr({column}, 1, instr({column} || ';', ';') - 1)"
+
+
+def dag_sql(column: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return f"substring({column} from '\"dag_id\":\"([^\"]*)\"')"
+    at = f"instr({column}, '{DAG_KEY}')"
+    rest = f"substr({column}, {at} + {len(DAG_KEY)})"
+    return f"CASE WHEN {at} > 0 THEN substr({rest}, 1, instr({rest}, '\"') - 1) END"
+
+
+@compiles(decision_of)
+def _decision(element: decision_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return decision_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
+
+
+@compiles(dag_of)
+def _dag(element: dag_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return dag_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
+
+
+decision_expr = decision_of(AuditRecord.reason)
+dag_expr = dag_of(AuditRecord.context)
+ROTATION_ACTIONS = ("rotation.policy", "rotation.begin", "rotation.create", "rotation.set",
+                    "rotation.test", "rotation.finish", "rotation.invalidate", "rotation.end",
+                    "rotation.fail", "rotation.cancel")
+NEWEST_FIRST = (AuditRecord.ts.desc(), AuditRecord.chain.desc(), AuditRecord.seq.desc())
+AUDIT_COUNT_CAP = 10_000
+
+
+def event(record: Any) -> AccessEvent:
+    try:
+        context = json.loads(record.context)
+    except (ValueError, RecursionError):
+        context = {}
+    if not isinstance(context, dict):
+        context = {}
+
+    def text(key: str) -> str | None:
+        value = context.get(key)
+        return None if value is None else str(value)
+
+    return AccessEvent(ts=record.ts, principal=record.principal, action=record.action,
+                       outcome=record.outcome, path=record.path, dag_id=text("dag_id"),
+                       task_id=text("task_id"), reason=record.reason, chain=record.chain,
+                       seq=record.seq, version=record.version, run_id=text("run_id"),
+                       component=text("component"))
+
+
+def parse_ts(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class _Who:
+    """A principal as the views need it."""
+
+    name: str
+    role: str
+    status: str
+    kind: str
+    rules: tuple[Rule, ...]
+    grants: tuple[Grant, ...]
+    created_at: datetime
+
+
+def grant_decisions(grant: Any) -> tuple[str, tuple[str, ...]]:
+    """The outcome and the decision reasons (as :func:`decide` words them) of the records a
+    grant decides: an allow grant's allowed records, a deny grant's denials."""
+    caps = sorted(parse_capabilities([grant.capabilities]), key=lambda c: c.value)
+    if grant.effect == "deny":
+        reasons = [f"explicit deny of {c.value} on {grant.pattern}" for c in caps]
+        return Outcome.DENIED.value, tuple(
+            reasons + [f"{r} (this action reaches every path)" for r in reasons])
+    return Outcome.ALLOWED.value, tuple(f"grant of {c.value} on {grant.pattern}" for c in caps)
+
+
+def _window(since: datetime | None, now: datetime) -> datetime:
+    if since is None:
+        return now - DEFAULT_WINDOW
+    if since.tzinfo is None:
+        raise InvalidInput("since needs a time zone")
+    return since.astimezone(timezone.utc)
+
+
+def _floor(moment: datetime, bucket: str) -> datetime:
+    moment = moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if bucket == "day" else moment
+
+
+@lru_cache(maxsize=256)
+def _schedule_days(schedule: str) -> float | None:
+    try:
+        policy = RotationPolicy(schedule=schedule, rotator="random")
+    except InvalidInput:
+        return None
+    interval = policy.interval
+    if interval is None:
+        runs = croniter(schedule, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        first = runs.get_next(datetime)
+        interval = runs.get_next(datetime) - first
+    return _days(interval)
+
+
+def _interval_days(rotation: str | None) -> float | None:
+    if rotation is None:
+        return None
+    try:
+        return _schedule_days(json.loads(rotation)["schedule"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_limit(offset: int, limit: int) -> None:
@@ -173,6 +512,361 @@ class InsightService:
                                     now)
             op.reason += f"; {len(rows)} match, {len(out)} shown"
             return Page(items=out, total=len(rows), offset=offset, limit=limit)
+
+    # -- one secret ----------------------------------------------------------------------
+    def secret(self, caller: Caller, path: str, *, recent: int = 50) -> SecretDetail:
+        """One secret: its row, versions, who can reach it, who did (the newest ``recent``
+        records of its path) and its rotation history."""
+        path = parse_path(path)
+        if not 1 <= recent <= MAX_LIMIT:
+            raise InvalidInput(f"recent must be from 1 to {MAX_LIMIT}")
+        now = utcnow()
+        with self._core.operation(caller, "insight.secret", Capability.AUDIT) as op:
+            op.reason += f"; {path}"
+            s = op.session
+            found = s.execute(select(Secret, Rotation).outerjoin(
+                Rotation, Rotation.secret_id == Secret.id).where(Secret.path == path)).first()
+            if found is None:
+                raise NotFound(f"no secret at {path}")
+            secret, state = found
+            row = self._secret_rows(op, [secret.id], {
+                secret.id: rotation_state(secret.rotation is not None, state, now)}, now)[0]
+            versions = [VersionInfo(path=path, version=v.version, state=v.state,
+                                    kek_id=v.kek_id, created_by=v.created_by,
+                                    created_at=v.created_at, destroyed_at=v.destroyed_at)
+                        for v in s.scalars(select(SecretVersion).where(
+                            SecretVersion.secret_id == secret.id).order_by(
+                            SecretVersion.version.desc()))]
+            reach = self._reach(s, path)
+            history = [event(r) for r in s.execute(
+                select(AuditRecord).where(AuditRecord.path == path)
+                .order_by(*NEWEST_FIRST).limit(recent)).scalars()]
+            rotations = [event(r) for r in s.execute(
+                select(AuditRecord).where(AuditRecord.action.in_(ROTATION_ACTIONS),
+                                          AuditRecord.path == path)
+                .order_by(*NEWEST_FIRST).limit(recent)).scalars()]
+            status = None
+            if secret.rotation is not None and state is not None and row.intact:
+                status = rotation_status(secret, state)
+            return SecretDetail(secret=row, versions=versions, reach=reach, recent=history,
+                                rotations=rotations, rotation=status)
+
+    def _reach(self, session: Session, path: str) -> list[Reach]:
+        out = []
+        for who in self._principals(session):
+            if who.status == "altered":
+                out.append(Reach(principal=who.name, role=who.role, status=who.status,
+                                 allowed=(), denied=(), via=("record altered outside the "
+                                                             "vault: the vault refuses it",),
+                                 kind=who.kind))
+                continue
+            if who.status != "active":
+                continue
+            allowed, denied, via = access_to(Role(who.role), who.rules, path)
+            if allowed or denied:
+                out.append(Reach(principal=who.name, role=who.role, status=who.status,
+                                 allowed=allowed, denied=denied, via=via, kind=who.kind,
+                                 note=team_note(who.name, who.kind, path) if allowed else ""))
+        return out
+
+    # -- principals ----------------------------------------------------------------------
+    def principals(self, caller: Caller, *, since: datetime | None = None
+                   ) -> list[PrincipalRow]:
+        """Every principal: its grants, how many decided nothing since ``since`` (default
+        90 days ago), when it was last seen in the trail."""
+        now = utcnow()
+        since = _window(since, now)
+        with self._core.operation(caller, "insight.principals", Capability.AUDIT) as op:
+            out = []
+            for who in self._principals(op.session):
+                uses = self._grant_uses(op.session, who, since, count=False)
+                out.append(self._principal_row(op.session, who, uses, since))
+            op.reason += f"; {len(out)} principals since {format_ts(since)}"
+            return out
+
+    def principal(self, caller: Caller, name: str, *, since: datetime | None = None,
+                  reach_limit: int = 1000) -> PrincipalDetail:
+        """One principal: each grant with its last use and uses since ``since``, and the
+        secrets it reaches (at most ``reach_limit`` of them, by path)."""
+        if not 0 <= reach_limit <= 100_000:
+            raise InvalidInput("reach_limit must be from 0 to 100000")
+        now = utcnow()
+        since = _window(since, now)
+        with self._core.operation(caller, "insight.principal", Capability.AUDIT) as op:
+            op.reason += f"; {name}"
+            found = self._principals(op.session, name)
+            if not found:
+                raise NotFound(f"no principal named {name!r}")
+            who = found[0]
+            uses = self._grant_uses(op.session, who, since, count=True)
+            reach: list[tuple[str, tuple[str, ...]]] = []
+            if who.status == "active":
+                paths = op.session.scalars(select(Secret.path).where(
+                    Secret.deleted_at.is_(None)).order_by(Secret.path)).all()
+                reach = [(p, a[0]) for p, a in effective(Role(who.role), who.rules,
+                                                         paths).items() if a[0]]
+            return PrincipalDetail(row=self._principal_row(op.session, who, uses, since),
+                                   grants=uses, reach=reach[:reach_limit],
+                                   reach_total=len(reach))
+
+    def _principals(self, session: Session, name: str | None = None) -> list[_Who]:
+        """Principals with their grants and status; one whose record fails its integrity
+        MAC is ``altered`` and reaches nothing (the vault refuses it)."""
+        query = select(Principal).options(selectinload(Principal.grants)).order_by(
+            Principal.name)
+        if name is not None:
+            query = query.where(Principal.name == name)
+        vault_id = self._core.vault_id(session)
+        out = []
+        for p in session.scalars(query):
+            intact = principal_intact(self._core.keys, vault_id, p, p.grants)
+            status = "altered" if not intact else PrincipalInfo(
+                name=p.name, role=p.role, created_by=p.created_by, created_at=p.created_at,
+                expires_at=p.expires_at, revoked_at=p.revoked_at).status
+            try:
+                role = Role(p.role)
+                rules = rules_of(p.grants)
+            except (ValueError, InvalidInput):  # only a tampered row holds these
+                status, role, rules = "altered", Role.VIEWER, ()
+            out.append(_Who(name=p.name, role=role.value if status != "altered" else p.role,
+                            status=status, kind=kind_of(p.name), rules=rules,
+                            grants=tuple(p.grants), created_at=p.created_at))
+        return out
+
+    def _grant_uses(self, session: Session, who: _Who, since: datetime, *, count: bool
+                    ) -> list[GrantUse]:
+        """Each grant's last use and, with ``count``, its uses, from the records it decided
+        since the later of ``since`` and its own creation (index: principal, outcome,
+        decision, ts)."""
+        out = []
+        for grant in who.grants:
+            start = format_ts(max(since, grant.created_at))
+            outcome, decisions = grant_decisions(grant)
+            columns = (func.max(AuditRecord.ts), func.count()) if count \
+                else (func.max(AuditRecord.ts),)
+            row = session.execute(select(*columns).where(
+                AuditRecord.principal == who.name, AuditRecord.outcome == outcome,
+                decision_expr.in_(decisions), AuditRecord.ts >= start)).one()
+            last = parse_ts(row[0])
+            # without ``count`` only whether it was used is known (the list view's need)
+            uses = int(row[1]) if count else int(last is not None)
+            out.append(GrantUse(pattern=grant.pattern, effect=grant.effect,
+                                capabilities=grant.capabilities, created_at=grant.created_at,
+                                last_used_at=last, uses=uses,
+                                unused=grant.effect == "allow" and last is None))
+        return out
+
+    def _principal_row(self, session: Session, who: _Who, uses: list[GrantUse],
+                       since: datetime) -> PrincipalRow:
+        seen = session.execute(select(func.max(AuditRecord.ts)).where(
+            AuditRecord.principal == who.name)).scalar_one_or_none()
+        used = session.execute(select(func.max(AuditRecord.ts)).where(
+            AuditRecord.principal == who.name, AuditRecord.outcome == Outcome.ALLOWED.value,
+            AuditRecord.ts >= format_ts(since))).scalar_one_or_none()
+        return PrincipalRow(name=who.name, role=who.role, status=who.status, kind=who.kind,
+                            grants=len(uses), unused_grants=sum(u.unused for u in uses),
+                            last_seen_at=parse_ts(seen), created_at=who.created_at,
+                            last_used_at=parse_ts(used))
+
+    # -- rotation ------------------------------------------------------------------------
+    def rotation(self, caller: Caller) -> list[RotationRow]:
+        """Every secret under a rotation policy, most urgent first: failed (with the
+        reason), overdue, half done, due, in grace, ok."""
+        now = utcnow()
+        with self._core.operation(caller, "insight.rotation", Capability.AUDIT) as op:
+            vault_id = self._core.vault_id(op.session)
+            out = []
+            for secret, state in op.session.execute(
+                    select(Secret, Rotation).join(Rotation, Rotation.secret_id == Secret.id)
+                    .where(Secret.rotation.is_not(None))).tuples():
+                try:
+                    check_secret(self._core.keys, vault_id, secret)
+                    intact = True
+                except IntegrityError:
+                    intact = False
+                    op.reason += f"; {secret.path} altered outside the vault"
+                try:
+                    status = rotation_status(secret, state)
+                except (ValueError, KeyError, TypeError, InvalidInput):
+                    continue  # an unreadable policy: only an altered row has one (noted)
+                out.append(RotationRow(status=status, intact=intact,
+                                       state=rotation_state(True, state, now)))
+            out.sort(key=lambda r: (_URGENCY[r.state], r.status.next_due_at, r.status.path))
+            op.reason += f"; {len(out)} shown"
+            return out
+
+    # -- the audit trail -----------------------------------------------------------------
+    def audit(self, caller: Caller, filters: AuditFilter, *, dag_id: str | None = None,
+              before: tuple[int, int] | None = None, limit: int = 100) -> Page[AccessEvent]:
+        """Matching records, newest first, ``limit`` at a time: the next page is the one
+        ``before`` the last record's ``(chain, seq)`` (``Page.next_before``). Keyset paging:
+        no page costs more than its own rows, however deep."""
+        _check_limit(0, limit)
+        with self._core.operation(caller, "insight.audit", Capability.AUDIT) as op:
+            query = self._filtered(filters, dag_id)
+            matching = query
+            if before is not None:
+                ts = op.session.execute(select(AuditRecord.ts).where(
+                    AuditRecord.chain == before[0], AuditRecord.seq == before[1])
+                ).scalar_one_or_none()
+                if ts is None:
+                    raise InvalidInput(f"no audit record {before[0]}/{before[1]} to page from")
+                query = query.where(tuple_(AuditRecord.ts, AuditRecord.chain, AuditRecord.seq)
+                                    < tuple_(ts, before[0], before[1]))
+            items = [event(r) for r in op.session.scalars(
+                query.order_by(*NEWEST_FIRST).limit(limit))]
+            total = op.session.execute(select(func.count()).select_from(
+                matching.with_only_columns(AuditRecord.chain).limit(AUDIT_COUNT_CAP + 1)
+                .subquery())).scalar_one()
+            op.reason += f"; {len(items)} shown"
+            return Page(items=items, total=int(total), offset=0, limit=limit,
+                        next_before=(items[-1].chain, items[-1].seq)
+                        if len(items) == limit else None)
+
+    def audit_export(self, caller: Caller, filters: AuditFilter, *, dag_id: str | None = None,
+                     limit: int = MAX_EXPORT) -> list[AuditView]:
+        """Matching records, oldest first, at most ``limit`` of them, whole (context, request
+        id, hash) as ``audit export`` writes them."""
+        if not 1 <= limit <= MAX_EXPORT:
+            raise InvalidInput(f"an export holds 1 to {MAX_EXPORT} records")
+        with self._core.operation(caller, "insight.audit", Capability.AUDIT) as op:
+            rows = [audit_view(r) for r in op.session.scalars(
+                self._filtered(filters, dag_id).order_by(
+                    AuditRecord.ts, AuditRecord.chain, AuditRecord.seq).limit(limit))]
+            op.reason += f"; exported {len(rows)} records"
+            return rows
+
+    @staticmethod
+    def _filtered(filters: AuditFilter, dag_id: str | None) -> Any:
+        query = filters.apply(select(AuditRecord))
+        if dag_id is not None:
+            query = query.where(dag_expr.is_not(None), dag_expr == dag_id)
+        return query
+
+    def audit_health(self, caller: Caller) -> dict[str, Any]:
+        """Each chain's head and the HSM's high-water mark of it, where pruned chains now
+        start, and the last verification with its result."""
+        with self._core.operation(caller, "insight.audit_health", Capability.AUDIT) as op:
+            s = op.session
+            vault_id = self._core.vault_id(s)
+            anchors = {a.chain: a for a in s.scalars(select(AuditAnchor).order_by(
+                AuditAnchor.seq))}
+            chains = []
+            for head in s.scalars(select(AuditHead).order_by(AuditHead.chain)):
+                mark = hsm_mark.read(self._core.keys, vault_id, head.chain)
+                anchor = anchors.get(head.chain)
+                chains.append({
+                    "chain": head.chain, "seq": head.seq, "hash": head.hash.hex(),
+                    "starts_after": anchor.seq if anchor is not None else 0,
+                    "pruned_at": anchor.pruned_at if anchor is not None else None,
+                    "records": head.seq - (anchor.seq if anchor is not None else 0),
+                    "mark": None if mark is None else {
+                        "seq": mark.seq, "hash": mark.hash.hex(), "at": mark.at,
+                        "generation": mark.generation},
+                    "unmarked": head.seq - (mark.seq if mark is not None else 0)})
+            last = s.scalars(select(AuditRecord).where(AuditRecord.action == "audit.verify")
+                             .order_by(*NEWEST_FIRST).limit(1)).first()
+            verified = None if last is None else {
+                "ts": last.ts, "principal": last.principal, "outcome": last.outcome,
+                "reason": last.reason, "chain": last.chain, "seq": last.seq,
+                "ok": last.outcome == Outcome.ALLOWED.value and "; ok," in last.reason}
+            return {"vault_id": vault_id, "chains": chains,
+                    "records": sum(c["records"] for c in chains), "last_verification": verified}
+
+    # -- keys ----------------------------------------------------------------------------
+    def keys(self, caller: Caller) -> list[KeyRow]:
+        """Every KEK version, what it wraps, and what a re-wrap still has to move off it."""
+        from airflow_provider_mlsecrets.errors import KeyMissing
+        from airflow_provider_mlsecrets.service.vault import KeyView
+
+        with self._core.operation(caller, "insight.keys", Capability.AUDIT) as op:
+            uses = dict(op.session.execute(
+                select(SecretVersion.kek_id, func.count())
+                .where(SecretVersion.wrapped_key.is_not(None))
+                .group_by(SecretVersion.kek_id)).tuples().all())
+            out = []
+            for kek in op.session.scalars(select(Kek).order_by(Kek.version)):
+                sensitive: bool | None = None
+                extractable: bool | None = None
+                try:
+                    info = self._core.keys.describe(kek.label)
+                    sensitive, extractable = info.sensitive, info.extractable
+                except KeyMissing:
+                    pass  # shown as unknown: the token no longer has it
+                wraps = uses.get(kek.label, 0)
+                out.append(KeyRow(key=KeyView(
+                    label=kek.label, version=kek.version, state=kek.state,
+                    created_at=format_ts(kek.created_at), versions_wrapped=wraps,
+                    sensitive=sensitive, extractable=extractable), wraps=wraps,
+                    pending_rewrap=wraps if kek.state == KeyState.RETIRED.value else 0))
+            return out
+
+    # -- charts --------------------------------------------------------------------------
+    def activity(self, caller: Caller, *, since: datetime, bucket: str = "hour"
+                 ) -> list[Bucket]:
+        """Allowed and denied records per hour or day since ``since`` (every bucket, empty
+        ones too; index-only counts over the window)."""
+        if bucket not in BUCKETS:
+            raise InvalidInput(f"bucket is one of {', '.join(BUCKETS)}")
+        width, step = BUCKETS[bucket]
+        now = utcnow()
+        start = _floor(since.astimezone(timezone.utc), bucket)
+        if start > now:
+            raise InvalidInput("since is in the future")
+        if (now - start) / step > MAX_BUCKETS:
+            raise InvalidInput(f"more than {MAX_BUCKETS} buckets: choose a later since, or "
+                               "bucket=day")
+        with self._core.operation(caller, "insight.activity", Capability.AUDIT) as op:
+            counts: dict[str, dict[str, int]] = {}
+            for outcome in (Outcome.ALLOWED.value, Outcome.DENIED.value):
+                key = func.substr(AuditRecord.ts, 1, width)
+                for label, n in op.session.execute(
+                        select(key, func.count()).where(
+                            AuditRecord.outcome == outcome,
+                            AuditRecord.ts >= format_ts(start)).group_by(key)).tuples():
+                    counts.setdefault(label, {})[outcome] = int(n)
+            out, moment = [], start
+            while moment <= now:
+                label = format_ts(moment)[:width]
+                found = counts.get(label, {})
+                out.append(Bucket(start=moment, allowed=found.get("allowed", 0),
+                                  denied=found.get("denied", 0)))
+                moment += step
+            op.reason += f"; {len(out)} {bucket}s since {format_ts(start)}"
+            return out
+
+    def reach_graph(self, caller: Caller, *, since: datetime, limit: int = 2000
+                    ) -> list[tuple[str, str, int]]:
+        """Which DAG reached which secret since ``since``: ``(dag_id, path, allowed
+        records)``, the busiest ``limit`` pairs first."""
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("limit must be from 1 to 10000")
+        with self._core.operation(caller, "insight.reach", Capability.AUDIT) as op:
+            n = func.count()
+            rows = op.session.execute(
+                select(dag_expr, AuditRecord.path, n).where(
+                    dag_expr.is_not(None), AuditRecord.ts >= format_ts(since),
+                    AuditRecord.outcome == Outcome.ALLOWED.value, AuditRecord.path != "")
+                .group_by(dag_expr, AuditRecord.path)
+                .order_by(n.desc(), dag_expr, AuditRecord.path)
+                .limit(limit)).tuples().all()
+            op.reason += f"; {len(rows)} pairs since {format_ts(since)}"
+            return [(str(dag), str(path), int(count)) for dag, path, count in rows]
+
+    def age_against_policy(self, caller: Caller) -> list[tuple[str, float, float | None]]:
+        """Each live secret's current value's age in days, beside its rotation interval in
+        days (``None``: no policy; a cron schedule counts as the gap between its next two
+        runs)."""
+        now = utcnow()
+        with self._core.operation(caller, "insight.age", Capability.AUDIT) as op:
+            rows = op.session.execute(
+                select(Secret.path, Secret.rotation, SecretVersion.created_at)
+                .join(SecretVersion, and_(SecretVersion.secret_id == Secret.id,
+                                          SecretVersion.version == Secret.current_version))
+                .where(Secret.deleted_at.is_(None)).order_by(Secret.path)).tuples().all()
+            op.reason += f"; {len(rows)} secrets"
+            return [(path, _days(now - created), _interval_days(rotation))
+                    for path, rotation, created in rows]
 
     def _secret_rows(self, op: Op, ids: Sequence[int], states: dict[int, str],
                      now: datetime) -> list[SecretRow]:
