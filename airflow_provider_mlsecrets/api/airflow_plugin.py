@@ -12,7 +12,7 @@ vouch for:
   (Task code itself never sees that token, so a task cannot present it to ``/mlsecrets/v1``
   directly; see docs/service.md.)
 
-It also adds the security console, a "Secrets" page under Airflow's Security menu
+It also adds the security console, a top-level "Secrets" page in Airflow's navigation
 (:mod:`..console`, docs/console.md), served at ``/mlsecrets/console/``.
 """
 

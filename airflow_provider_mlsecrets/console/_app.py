@@ -64,9 +64,9 @@ def create_console_app() -> FastAPI:
 
 
 def external_view(url_prefix: str) -> dict[str, Any]:
-    """The plugin's nav entry: Airflow shows ``href`` in a same-origin frame at
-    ``/plugin/secrets``, under its Security menu."""
+    """The plugin's nav entry: a top-level "Secrets" item in Airflow's navigation, which
+    shows ``href`` in a same-origin frame at ``/plugin/secrets``."""
     base = f"{url_prefix}{CONSOLE_PATH}"
     return {"name": "Secrets", "href": f"{base}/", "url_route": "secrets",
-            "destination": "nav", "category": "Security",
+            "destination": "nav", "nav_top_level": True,
             "icon": f"{base}/static/icon.svg", "icon_dark_mode": f"{base}/static/icon-dark.svg"}

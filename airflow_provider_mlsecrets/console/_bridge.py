@@ -3,12 +3,13 @@ hardening headers, which forbid framing and scripts, never touch the page): ``/c
 goes to the page's app; the page's calls to the vault are authenticated by the user's Airflow
 session.
 
-Airflow 3.3's UI keeps its JWT only in the ``_token`` cookie, set ``HttpOnly`` and
-``SameSite=Lax`` by the auth manager (``COOKIE_NAME_JWT_TOKEN``, refreshed by Airflow's
-``JWTRefreshMiddleware``): the page's script cannot read it, and should not. The browser sends
-it with the page's same-origin requests; this middleware, in front of the vault's app, copies
-it into the ``Authorization: Bearer`` header that the vault's routes read, where the existing
-Airflow verifier checks it like any other Airflow token, and the vault's roles decide.
+Airflow 3.3's UI keeps its JWT in one place, the ``_token`` cookie (``COOKIE_NAME_JWT_TOKEN``),
+never in local storage: the FAB and Keycloak auth managers and Airflow's
+``JWTRefreshMiddleware`` set it ``HttpOnly`` and ``SameSite=Lax``; the simple auth manager's
+login page sets it from its own script. The console's script never reads it: the browser sends
+it with the page's same-origin requests, and this middleware, in front of the vault's app,
+copies it into the ``Authorization: Bearer`` header that the vault's routes read, where the
+existing Airflow verifier checks it like any other Airflow token, and the vault's roles decide.
 
 It does so only for a request that
 - asks for a read-only console route (``GET /v1/insight/…``) or the access review

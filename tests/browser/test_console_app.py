@@ -56,6 +56,7 @@ def test_the_shell_has_no_inline_script_or_handler() -> None:
     script = (STATIC / "console.js").read_text()
     assert "innerHTML" not in script and "eval(" not in script
     assert "localStorage.setItem" not in script and "sessionStorage" not in script
+    assert "document.cookie" not in script  # Airflow's session stays with the browser
 
 
 def test_the_chart_library_is_vendored_with_its_licence() -> None:

@@ -108,7 +108,13 @@
     }
     throw new Refused(response.status, message);
   }
-  async function insight(route, params) { return (await call("insight/" + route, params)).json(); }
+  // how many answers the page still waits for, on <body data-busy> (the browser test waits on it)
+  let busy = 1; // the start, as the HTML says
+  function mark(delta) { busy += delta; document.body.dataset.busy = String(busy); }
+  async function insight(route, params) {
+    mark(1);
+    try { return await (await call("insight/" + route, params)).json(); } finally { mark(-1); }
+  }
 
   function refuse(err) {
     // the whole console is refused: say why, in the vault's own words
@@ -123,7 +129,7 @@
         : "Airflow knows who you are, but the vault does not let you see this console. Its answer:"),
       h("p", { class: "reason" }, err.message),
       h("p", { class: "muted" }, signedOut
-        ? "Sign in through Airflow's login page, then open Security → Secrets again."
+        ? "Sign in through Airflow's login page, then open Secrets again."
         : "A security engineer can bind your Airflow user or one of your Airflow roles to a vault " +
           "principal (for instance: mlsecrets principal create airflow-user:NAME --role auditor). " +
           "Auditors and security engineers see the whole console; a viewer sees the secrets it may list."))]);
@@ -205,7 +211,10 @@
   }
   function ageChart(holder, rows) {
     // the secrets furthest through (or past) their rotation interval, age against policy
-    const ranked = rows.map((r) => ({ path: r[0], age: r[1], policy: r[2] }))
+    const ranked = rows.map((r) => (Array.isArray(r) ? { path: r[0], age: r[1], policy: r[2] }
+      : { path: r.path, age: r.age_days, policy: r.interval_days }))
+      .filter((r) => typeof r.age === "number" && (r.policy === null || r.policy === undefined || typeof r.policy === "number"))
+      .map((r) => ({ path: r.path, age: r.age, policy: r.policy === undefined ? null : r.policy }))
       .sort((a, b) => (b.policy ? b.age / b.policy : -1) - (a.policy ? a.age / a.policy : -1)
         || b.age - a.age).slice(0, 20);
     chart(holder, {
@@ -219,6 +228,7 @@
     });
   }
   function reachChart(holder, edges) {
+    edges = edges.map((e) => (Array.isArray(e) ? e : [e.dag_id, e.path, e.allowed]));
     const dags = [...new Set(edges.map((e) => e[0]))].sort();
     const paths = [...new Set(edges.map((e) => e[1]))].sort();
     const most = Math.max(1, ...edges.map((e) => e[2]));
@@ -266,8 +276,8 @@
           card(count("failed"), "rotations failed", count("failed") > 0), card(count("due"), "due for rotation"));
       }),
       insight("audit/health").then((health) => {
-        const last = health.last_verification || health.last_verify || null;
-        const ok = last && /allowed|ok|pass/i.test(last.outcome || last.result || "");
+        const last = health.last_verification || null;
+        const ok = last && (typeof last.ok === "boolean" ? last.ok : last.outcome === "allowed");
         cards.appendChild(card(last ? (ok ? "verified" : "failed") : "never", "audit trail " +
           (last ? "checked " + when(last.ts) : "verification"), last && !ok));
       }),
@@ -276,8 +286,15 @@
       insight("reach", { since }).then((edges) => gen === generation && (edges.length ? reachChart(reach, edges)
         : reach.appendChild(h("p", { class: "muted" }, "No DAG reached a secret in this window.")))),
     ];
-    const holders = [cards, cards, cards, act, age, reach];
-    await Promise.all(tasks.map((t, i) => t.catch((e) => { if (gen === generation) failed(e, holders[i] === cards ? null : holders[i]); })));
+    const problems = h("div", {});
+    view.insertBefore(problems, cards.nextSibling);
+    const holders = [null, null, null, act, age, reach];
+    await Promise.all(tasks.map((t, i) => t.catch((e) => {
+      if (gen !== generation) return;
+      if (holders[i]) { failed(e, holders[i]); return; }
+      if (e.status === 401) { refuse(e); return; }
+      problems.appendChild(h("div", { class: "notice error" }, "Could not load a figure: " + e.message));
+    })));
   }
 
   async function inventory(q, gen) {
@@ -288,7 +305,10 @@
       STATES.map((s) => h("option", { value: s, selected: q.state === s }, s)));
     const apply = () => go("inventory", { search: search.value.trim(), team: team.value.trim(), state: state.value });
     let timer = null;
-    search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(apply, 400); });
+    search.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { if (gen === generation) apply(); }, 400); // not once the user moved on
+    });
     team.addEventListener("change", apply);
     state.addEventListener("change", apply);
     const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
@@ -426,7 +446,7 @@
       h("button", { type: "button", id: "export", onclick: () => exportRange(filters) }, "Export this range"));
     const health = h("section", { class: "panel" }, h("p", { class: "muted" }, "Loading…"));
     const act = h("div", { class: "chart" });
-    const list = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+    const list = h("div", { id: "timeline" }, h("p", { class: "muted" }, "Loading…"));
     append(view, [h("h2", {}, "Audit"), h("div", { class: "grid2" },
       h("section", { class: "panel" }, h("h3", {}, "Accesses and denials, last 7 days"), act), health), form, list]);
     insight("audit/health").then((d) => gen === generation && healthPanel(health, d)).catch((e) => failed(e, health));
@@ -442,8 +462,9 @@
       append(list, [h("p", { class: "muted" }, `${rows.length} of ${page.total} records, newest first; denials highlighted.`),
         eventsTable(rows)]);
       const last = page.items[page.items.length - 1];
-      if (last && rows.length < page.total) {
-        before = { before_chain: last.chain, before_seq: last.seq };
+      const next = page.next_before || (last && rows.length < page.total ? [last.chain, last.seq] : null);
+      if (next) {
+        before = { before_chain: next[0], before_seq: next[1] };
         list.appendChild(h("div", { class: "pager" }, h("button", { type: "button", id: "older", onclick: () => more().catch((e) => failed(e, list)) }, "Older")));
       }
     };
@@ -452,19 +473,22 @@
 
   function healthPanel(holder, d) {
     clear(holder);
-    const last = d.last_verification || d.last_verify || null;
+    const last = d.last_verification || null;
     const chains = Array.isArray(d.chains) ? d.chains : [];
     const keys = chains.length ? Object.keys(chains[0]) : [];
     append(holder, [h("h3", {}, "Audit trail health"),
       h("dl", { class: "meta" }, h("dt", {}, "Last verification"),
-        h("dd", {}, last ? [when(last.ts), " ", badge(last.outcome || last.result), last.reason ? " " + last.reason : ""] : "never")),
+        h("dd", {}, last ? [when(last.ts), " ", badge(last.ok === false ? "failed" : last.ok ? "ok" : last.outcome),
+          " by ", last.principal || "?", h("div", { class: "muted" }, last.reason || "")] : "never")),
       chains.length ? table(keys.map((k) => k.replace(/_/g, " ")), chains.map((c) => keys.map((k) => {
         const v = c[k];
         if (v === null || v === undefined) return "—";
+        if (typeof v === "object" && "seq" in v) return h("span", { title: v.at ? "marked " + when(v.at) : null },
+          "seq " + v.seq + (v.generation !== undefined ? " · gen " + v.generation : ""));
         if (typeof v === "object") return h("span", { class: "mono" }, JSON.stringify(v));
         return typeof v === "string" && v.length > 24 ? h("span", { class: "mono", title: v }, v.slice(0, 16) + "…") : String(v);
       }))) : h("p", { class: "muted" }, "No chain has a record yet.")]);
-    const rest = Object.entries(d).filter(([k]) => !["chains", "last_verification", "last_verify"].includes(k));
+    const rest = Object.entries(d).filter(([k]) => !["chains", "last_verification"].includes(k));
     if (rest.length) holder.appendChild(h("dl", { class: "meta" }, rest.map(([k, v]) =>
       [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))])));
   }
@@ -532,11 +556,12 @@
     document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active",
       a.dataset.tab === name || (name === "secret" && a.dataset.tab === "inventory") || (name === "principal" && a.dataset.tab === "principals")));
     clear(view);
+    mark(1);
     try {
       if (name === "secret") await secret(decodeURI(rest), gen);
       else if (name === "principal") await principal(decodeURIComponent(rest), gen);
       else await (VIEWS[name] || overview)(params(query), gen);
-    } catch (e) { if (gen === generation) failed(e); }
+    } catch (e) { if (gen === generation) failed(e); } finally { mark(-1); }
   }
 
   async function start() {
@@ -544,8 +569,9 @@
     try {
       await insight("inventory", { limit: 1 });
     } catch (e) {
-      if (e.status === 401 || e.status === 403) { refuse(e); return; }
+      if (e.status === 401 || e.status === 403) { refuse(e); mark(-1); return; }
     }
+    mark(-1); // the page's own start (data-busy="1" in the HTML)
     window.addEventListener("hashchange", route);
     route();
   }
