@@ -4,9 +4,11 @@ a token hash. The HTTP routes are exercised through the app itself."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import random
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import literal, select, text
+from sqlalchemy import event, literal, select, text
 
 from airflow_provider_mlsecrets.api.app import create_app
 from airflow_provider_mlsecrets.errors import AccessDenied, InvalidInput, NotFound, RotationFailed
@@ -30,15 +32,19 @@ from airflow_provider_mlsecrets.service.audit import AuditFilter
 from airflow_provider_mlsecrets.service.insight import (
     TEAM_TEMPLATE,
     access_to,
-    dag_of,
-    decision_of,
     effective,
     grant_decisions,
     rules_of,
     team_of,
 )
 from airflow_provider_mlsecrets.store.engine import engine_for
-from airflow_provider_mlsecrets.store.models import Grant
+from airflow_provider_mlsecrets.store.models import (
+    Grant,
+    dag_of,
+    dag_sql,
+    decision_of,
+    decision_sql,
+)
 from tests import rotator_probe
 from tests.conftest import Env
 
@@ -574,3 +580,67 @@ def test_every_insight_route_answers_an_auditor_and_refuses_a_viewer(
         lines = [json.loads(line) for line in export.text.splitlines()]
         assert [r["outcome"] for r in lines] == ["allowed", "allowed", "denied"]
         assert "attachment" in export.headers["content-disposition"]
+
+
+# -- indexes ---------------------------------------------------------------------------------
+def test_the_migration_indexes_exactly_what_the_queries_compute() -> None:
+    migration = importlib.import_module(
+        "airflow_provider_mlsecrets.store.migrations.versions.0006_insight_indexes")
+    for dialect in ("sqlite", "postgresql"):
+        assert migration.DECISION[dialect] == decision_sql("reason", dialect)
+        assert migration.DAG[dialect] == dag_sql("context", dialect)
+
+
+FULL_SCAN = re.compile(r"^SCAN mlsecrets_audit$|Seq Scan on mlsecrets_audit ")
+
+
+def test_the_views_read_the_trail_through_its_indexes(scene: Scene) -> None:
+    """Every statement a view sends that reads the trail is planned on an index, never a
+    scan of the whole table (PostgreSQL is told to avoid scans where it can, so a plan that
+    still scans means no index fits)."""
+    env, insight, auditor, now = scene.env, scene.env.vault.insight, scene.auditor, utcnow()
+    engine = engine_for(env.settings.db_url)
+    sent: list[tuple[str, Any]] = []
+
+    def listen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and \
+                re.search(r"FROM mlsecrets_audit\b(?!_)", statement):
+            sent.append((statement, parameters))
+
+    expected = {
+        "principal": (lambda: insight.principal(auditor, "pipe"), "ix_mlsecrets_audit_grant_use"),
+        "principals": (lambda: insight.principals(auditor), "ix_mlsecrets_audit_grant_use"),
+        "secret": (lambda: insight.secret(auditor, "ml/hf/token"),
+                   "ix_mlsecrets_audit_path_time"),
+        "timeline": (lambda: insight.audit(auditor, AuditFilter()), "ix_mlsecrets_audit_time"),
+        "dag": (lambda: insight.audit(auditor, AuditFilter(), dag_id="train"),
+                "ix_mlsecrets_audit_dag"),
+        "principal timeline": (lambda: insight.audit(auditor, AuditFilter(principal="pipe")),
+                               "ix_mlsecrets_audit_principal_time"),
+        "denials": (lambda: insight.audit(auditor, AuditFilter(outcome="denied")),
+                    "ix_mlsecrets_audit_outcome_time"),
+        "health": (lambda: insight.audit_health(auditor), "ix_mlsecrets_audit_action"),
+        "activity": (lambda: insight.activity(auditor, since=now - timedelta(hours=2)),
+                     "ix_mlsecrets_audit_outcome_time"),
+        "reach": (lambda: insight.reach_graph(auditor, since=now - timedelta(hours=2)), ""),
+    }
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        for name, (call, index) in expected.items():
+            sent.clear()
+            call()
+            assert sent, name
+            plans = []
+            with engine.connect() as connection:
+                if env.database.kind == "postgres":
+                    connection.exec_driver_sql("SET enable_seqscan = off")
+                    prefix = "EXPLAIN "
+                else:
+                    prefix = "EXPLAIN QUERY PLAN "
+                for statement, parameters in sent:
+                    rows = connection.exec_driver_sql(prefix + statement, parameters).all()
+                    plans += [str(row[-1]) for row in rows]
+            assert not [p for p in plans if FULL_SCAN.search(p.strip())], (name, plans)
+            assert index in "\n".join(plans), (name, plans)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)

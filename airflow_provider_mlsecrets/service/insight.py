@@ -22,11 +22,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from croniter import croniter
-from sqlalchemy import String, and_, func, or_, select, tuple_
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from airflow_provider_mlsecrets.audit import mark as hsm_mark
 from airflow_provider_mlsecrets.audit.record import Outcome, format_ts
@@ -55,6 +52,8 @@ from airflow_provider_mlsecrets.store.models import (
     RotationStep,
     Secret,
     SecretVersion,
+    dag_of,
+    decision_of,
 )
 
 if TYPE_CHECKING:
@@ -307,54 +306,6 @@ def team_note(name: str, kind: str, path: str) -> str:
     return ""
 
 
-# -- the audit trail's derived columns (indexed by migration 0006) ----------------------------
-class decision_of(FunctionElement[str]):
-    """The decision that opened a record's reason: the text before its first ``;``
-    (``grant of inject on ml/**``). Compiled per database exactly as migration 0006 indexes
-    it, so the index serves it."""
-
-    type = String()
-    inherit_cache = True
-    name = "mlsecrets_decision"
-
-
-class dag_of(FunctionElement[str]):
-    """The verified ``dag_id`` in a record's context (canonical JSON: ``"dag_id":"…"``), read
-    with string functions only, so no stored context, however malformed, can fail a query
-    or an insert; NULL if there is none. Compiled as migration 0006 indexes it."""
-
-    type = String()
-    inherit_cache = True
-    name = "mlsecrets_dag"
-
-
-DAG_KEY = '"dag_id":"'
-
-
-def decision_sql(column: str, dialect: str) -> str:
-    if dialect == "postgresql":
-        return f"split_part({column}, ';', 1)"
-    return f"substr({column}, 1, instr({column} || ';', ';') - 1)"
-
-
-def dag_sql(column: str, dialect: str) -> str:
-    if dialect == "postgresql":
-        return f"substring({column} from '\"dag_id\":\"([^\"]*)\"')"
-    at = f"instr({column}, '{DAG_KEY}')"
-    rest = f"substr({column}, {at} + {len(DAG_KEY)})"
-    return f"CASE WHEN {at} > 0 THEN substr({rest}, 1, instr({rest}, '\"') - 1) END"
-
-
-@compiles(decision_of)
-def _decision(element: decision_of, compiler: SQLCompiler, **kw: Any) -> str:
-    return decision_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
-
-
-@compiles(dag_of)
-def _dag(element: dag_of, compiler: SQLCompiler, **kw: Any) -> str:
-    return dag_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
-
-
 decision_expr = decision_of(AuditRecord.reason)
 dag_expr = dag_of(AuditRecord.context)
 ROTATION_ACTIONS = ("rotation.policy", "rotation.begin", "rotation.create", "rotation.set",
@@ -362,6 +313,7 @@ ROTATION_ACTIONS = ("rotation.policy", "rotation.begin", "rotation.create", "rot
                     "rotation.fail", "rotation.cancel")
 NEWEST_FIRST = (AuditRecord.ts.desc(), AuditRecord.chain.desc(), AuditRecord.seq.desc())
 AUDIT_COUNT_CAP = 10_000
+AUTHENTICATED = "authenticated"  # the decision of an action that needs no capability (Core)
 
 
 def event(record: Any) -> AccessEvent:
@@ -637,36 +589,51 @@ class InsightService:
                     ) -> list[GrantUse]:
         """Each grant's last use and, with ``count``, its uses, from the records it decided
         since the later of ``since`` and its own creation (index: principal, outcome,
-        decision, ts)."""
+        decision, ts). Without ``count`` only whether it was used is known (``uses`` is 0
+        or 1): one index seek per capability, what the list of principals needs."""
         out = []
         for grant in who.grants:
             start = format_ts(max(since, grant.created_at))
             outcome, decisions = grant_decisions(grant)
-            columns = (func.max(AuditRecord.ts), func.count()) if count \
-                else (func.max(AuditRecord.ts),)
-            row = session.execute(select(*columns).where(
-                AuditRecord.principal == who.name, AuditRecord.outcome == outcome,
-                decision_expr.in_(decisions), AuditRecord.ts >= start)).one()
-            last = parse_ts(row[0])
-            # without ``count`` only whether it was used is known (the list view's need)
-            uses = int(row[1]) if count else int(last is not None)
+            newest: str | None
+            if count:
+                newest, n = session.execute(select(func.max(AuditRecord.ts), func.count()).where(
+                    AuditRecord.principal == who.name, AuditRecord.outcome == outcome,
+                    decision_expr.in_(decisions), AuditRecord.ts >= start)).one()
+            else:
+                newest = max((t for t in (self._last(session, who.name, outcome, d, start)
+                                          for d in decisions) if t is not None), default=None)
+                n = int(newest is not None)
             out.append(GrantUse(pattern=grant.pattern, effect=grant.effect,
                                 capabilities=grant.capabilities, created_at=grant.created_at,
-                                last_used_at=last, uses=uses,
-                                unused=grant.effect == "allow" and last is None))
+                                last_used_at=parse_ts(newest), uses=int(n),
+                                unused=grant.effect == "allow" and newest is None))
         return out
+
+    @staticmethod
+    def _last(session: Session, name: str, outcome: str, decision: str, start: str
+              ) -> str | None:
+        """The newest record of ``name`` with that outcome and decision since ``start``:
+        one seek of the (principal, outcome, decision, ts) index."""
+        found = session.execute(select(func.max(AuditRecord.ts)).where(
+            AuditRecord.principal == name, AuditRecord.outcome == outcome,
+            decision_expr == decision, AuditRecord.ts >= start)).scalar_one_or_none()
+        return None if found is None else str(found)
 
     def _principal_row(self, session: Session, who: _Who, uses: list[GrantUse],
                        since: datetime) -> PrincipalRow:
         seen = session.execute(select(func.max(AuditRecord.ts)).where(
             AuditRecord.principal == who.name)).scalar_one_or_none()
-        used = session.execute(select(func.max(AuditRecord.ts)).where(
-            AuditRecord.principal == who.name, AuditRecord.outcome == Outcome.ALLOWED.value,
-            AuditRecord.ts >= format_ts(since))).scalar_one_or_none()
+        # every allowed record was decided by a grant, by the role, or (for actions that
+        # need no capability) by authentication alone
+        start, allowed = format_ts(since), Outcome.ALLOWED.value
+        used: list[datetime | None] = [u.last_used_at for u in uses if u.effect == "allow"]
+        used += [parse_ts(self._last(session, who.name, allowed, d, start))
+                 for d in (f"role {who.role}", AUTHENTICATED)]
         return PrincipalRow(name=who.name, role=who.role, status=who.status, kind=who.kind,
                             grants=len(uses), unused_grants=sum(u.unused for u in uses),
                             last_seen_at=parse_ts(seen), created_at=who.created_at,
-                            last_used_at=parse_ts(used))
+                            last_used_at=max((u for u in used if u is not None), default=None))
 
     # -- rotation ------------------------------------------------------------------------
     def rotation(self, caller: Caller) -> list[RotationRow]:

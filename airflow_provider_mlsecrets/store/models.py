@@ -20,7 +20,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 
@@ -212,18 +215,75 @@ class AuditAnchor(Base):
     prune_request: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
+# -- two derived columns of the audit trail, indexed by expression (migration 0006) ----------
+class decision_of(FunctionElement[str]):
+    """The decision that opened a record's reason: the text before its first ``;``
+    (``grant of inject on ml/**``). Compiled per database exactly as migration 0006 indexes
+    it, so the index serves queries."""
+
+    type = String()
+    inherit_cache = True
+    name = "mlsecrets_decision"
+
+
+class dag_of(FunctionElement[str]):
+    """The verified ``dag_id`` in a record's context (canonical JSON: ``"dag_id":"…"``), read
+    with string functions only, so no stored context, however malformed, can fail a query
+    or an insert; NULL if there is none. Compiled as migration 0006 indexes it."""
+
+    type = String()
+    inherit_cache = True
+    name = "mlsecrets_dag"
+
+
+DAG_KEY = '"dag_id":"'
+
+
+def decision_sql(column: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return f"split_part({column}, ';', 1)"
+    return f"substr({column}, 1, instr({column} || ';', ';') - 1)"
+
+
+def dag_sql(column: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return f"substring({column}, '\"dag_id\":\"([^\"]*)\"')"
+    at = f"instr({column}, '{DAG_KEY}')"
+    rest = f"substr({column}, {at} + {len(DAG_KEY)})"
+    return f"CASE WHEN {at} > 0 THEN substr({rest}, 1, instr({rest}, '\"') - 1) END"
+
+
+@compiles(decision_of)
+def _decision(element: decision_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return decision_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
+
+
+@compiles(dag_of)
+def _dag(element: dag_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return dag_sql(compiler.process(element.clauses, **kw), compiler.dialect.name)
+
+
 class AuditRecord(Base):
     """Append-only; triggers refuse UPDATE, DELETE (except at or below an anchor: retention)
     and TRUNCATE on PostgreSQL."""
 
     __tablename__ = "mlsecrets_audit"
+    # the console's and reviews' reads (migration 0006, which also indexes two derived
+    # columns by expression: the decision in ``reason`` and the ``dag_id`` in ``context``)
+    __table_args__ = (
+        Index("ix_mlsecrets_audit_time", "ts", "chain", "seq"),
+        Index("ix_mlsecrets_audit_principal_time", "principal", "ts", "chain", "seq"),
+        Index("ix_mlsecrets_audit_path_time", "path", "ts", "chain", "seq"),
+        Index("ix_mlsecrets_audit_outcome_time", "outcome", "ts", "chain", "seq"),
+        Index("ix_mlsecrets_audit_action", "action", "path", "ts"),
+    )
     chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    ts: Mapped[str] = mapped_column(String(32), index=True)
-    principal: Mapped[str] = mapped_column(String(128), index=True)
+    ts: Mapped[str] = mapped_column(String(32))
+    principal: Mapped[str] = mapped_column(String(128))
     roles: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
-    path: Mapped[str] = mapped_column(String(256), index=True)
+    path: Mapped[str] = mapped_column(String(256))
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
@@ -231,3 +291,10 @@ class AuditRecord(Base):
     context: Mapped[str] = mapped_column(Text)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
     seal: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+_HAS_DAG = dag_of(AuditRecord.context).is_not(None)
+Index("ix_mlsecrets_audit_grant_use", AuditRecord.principal, AuditRecord.outcome,
+      decision_of(AuditRecord.reason), AuditRecord.ts)
+Index("ix_mlsecrets_audit_dag", dag_of(AuditRecord.context), AuditRecord.ts, AuditRecord.chain,
+      AuditRecord.seq, sqlite_where=_HAS_DAG, postgresql_where=_HAS_DAG)
