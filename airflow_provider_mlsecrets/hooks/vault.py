@@ -97,9 +97,20 @@ class MLSecretsHook(BaseHook):
 
     # -- plumbing --------------------------------------------------------------------
     @property
+    def settings(self) -> Settings:
+        """The settings this hook would open the vault with (opening nothing)."""
+        return Settings.load(overrides=self._overrides())
+
+    def has_credential(self) -> bool:
+        """Whether this process holds a principal token of its own. A service URL alone is
+        none: such a worker asks through Airflow, as its DAG."""
+        settings = self.settings
+        return bool(settings.token or settings.token_file)
+
+    @property
     def vault(self) -> Vault:
         if self._vault is None:
-            self._vault = open_existing_vault(Settings.load(overrides=self._overrides()))
+            self._vault = open_existing_vault(self.settings)
         return self._vault
 
     def _overrides(self) -> dict[str, str | None]:

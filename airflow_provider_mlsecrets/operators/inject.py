@@ -35,7 +35,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_mlsecrets._process import refuse_inspection
-from airflow_provider_mlsecrets.errors import InvalidInput
+from airflow_provider_mlsecrets.errors import ConfigurationError, InvalidInput
 from airflow_provider_mlsecrets.injection.redact import Redactor
 from airflow_provider_mlsecrets.injection.references import parse_env
 from airflow_provider_mlsecrets.injection.resolve import ResolutionError, ThroughAirflow, resolve
@@ -202,12 +202,15 @@ def resolve_env(env: Mapping[str, str], mlsecrets_conn_id: str = "mlsecrets_defa
         refs = parse_env(dict(env))
     except InvalidInput as exc:
         raise AirflowFailException(f"mlsecrets: {exc}") from None
+    hook = MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id)
     try:
-        hook = MLSecretsHook(mlsecrets_conn_id=mlsecrets_conn_id)
-        settings = hook.vault.settings
-        # a worker with no way to the vault of its own asks through Airflow, as its DAG
-        route = hook if settings.url or settings.token or settings.token_file \
-            else ThroughAirflow()
+        has_credential = hook.has_credential()
+    except ConfigurationError as exc:  # a bad setting: no retry fixes it
+        raise AirflowFailException(f"mlsecrets: {exc}") from None
+    try:
+        # a worker with no credential of its own (a service URL alone is none) asks
+        # through Airflow, as its DAG, with the task's own identity
+        route = hook if has_credential else ThroughAirflow()
         return resolve(refs, route)
     except ResolutionError as exc:
         if exc.retryable:  # an outage: the task's retries apply
