@@ -208,14 +208,15 @@ def idle(page: Any) -> None:
         state="attached")
 
 
-def show(page: Any, frame: Any, console: Console, tab: str, *routes: str) -> None:
+def show(page: Any, frame: Any, console: Console, tab: str, *routes: str,
+         shot: str | None = None) -> None:
     frame.locator(f"#tabs a[data-tab={tab}]").click()
     idle(page)
     assert frame.locator(f"#tabs a[data-tab={tab}].active").count() == 1
     assert frame.locator("#refusal").count() == 0
     if not has(console, *routes):
         assert frame.get_by_text("has no insight/").count() >= 1, tab
-    settle(page, console, tab)
+    settle(page, console, shot or tab)
 
 
 def settle(page: Any, console: Console, name: str) -> None:
@@ -345,11 +346,10 @@ def test_an_auditor_sees_the_console_in_airflows_dark_mode(browser: Any,
     assert console_frame(page).evaluate("document.documentElement.dataset.theme") == "dark"
     assert frame.locator("#refusal").count() == 0
     settle(page, console, "auditor-dark-overview")
-    show(page, frame, console, "inventory", "inventory")
+    show(page, frame, console, "inventory", "inventory", shot="auditor-dark-inventory")
     frame.get_by_role("link", name="ml/serving/api_key").wait_for()
-    settle(page, console, "auditor-dark-inventory")
-    show(page, frame, console, "audit", "audit", "audit/health", "activity")
-    settle(page, console, "auditor-dark-audit")
+    show(page, frame, console, "audit", "audit", "audit/health", "activity",
+         shot="auditor-dark-audit")
     no_value_or_token_sent(session, console)
     page.context.close()
 

@@ -447,8 +447,8 @@
     const health = h("section", { class: "panel" }, h("p", { class: "muted" }, "Loading…"));
     const act = h("div", { class: "chart" });
     const list = h("div", { id: "timeline" }, h("p", { class: "muted" }, "Loading…"));
-    append(view, [h("h2", {}, "Audit"), h("div", { class: "grid2" },
-      h("section", { class: "panel" }, h("h3", {}, "Accesses and denials, last 7 days"), act), health), form, list]);
+    append(view, [h("h2", {}, "Audit"), form, list, h("div", { class: "grid2 below" },
+      h("section", { class: "panel" }, h("h3", {}, "Accesses and denials, last 7 days"), act), health)]);
     insight("audit/health").then((d) => gen === generation && healthPanel(health, d)).catch((e) => failed(e, health));
     insight("activity", { since: isoAgo(7 * DAY), bucket: "hour" }).then((b) => gen === generation && activityChart(act, b, "hour"))
       .catch((e) => failed(e, act));
@@ -475,12 +475,13 @@
     clear(holder);
     const last = d.last_verification || null;
     const chains = Array.isArray(d.chains) ? d.chains : [];
-    const keys = chains.length ? Object.keys(chains[0]) : [];
+    const wanted = ["chain", "records", "seq", "hash", "mark", "unmarked"]; // the head, its mark
+    const keys = chains.length ? wanted.filter((k) => k in chains[0]) : [];
     append(holder, [h("h3", {}, "Audit trail health"),
       h("dl", { class: "meta" }, h("dt", {}, "Last verification"),
         h("dd", {}, last ? [when(last.ts), " ", badge(last.ok === false ? "failed" : last.ok ? "ok" : last.outcome),
           " by ", last.principal || "?", h("div", { class: "muted" }, last.reason || "")] : "never")),
-      chains.length ? table(keys.map((k) => k.replace(/_/g, " ")), chains.map((c) => keys.map((k) => {
+      chains.length ? table(keys.map((k) => ({ seq: "head seq", hash: "head hash", mark: "HSM mark" }[k] || k)), chains.map((c) => keys.map((k) => {
         const v = c[k];
         if (v === null || v === undefined) return "—";
         if (typeof v === "object" && "seq" in v) return h("span", { title: v.at ? "marked " + when(v.at) : null },
