@@ -58,6 +58,7 @@ class Console:
     canaries: tuple[str, ...]
     shots: Path
     routes: set[str] = field(default_factory=set)  # the vault's published routes
+    cli_env: dict[str, str] = field(default_factory=dict)  # the mlsecrets CLI as the engineer
 
 
 @dataclass
@@ -137,8 +138,9 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
         shots = base / "screenshots"
         shots.mkdir()
         schema = httpx.get(f"{url}/mlsecrets/v1/openapi.json", timeout=30).json()
+        cli_env = {**airflow_env.env, "MLSECRETS_TOKEN": str(admin.token)}
         yield Console(url=url, passwords=passwords, canaries=(CANARY, PASSWORD, rotated),
-                      shots=shots, routes=set(schema["paths"]))
+                      shots=shots, routes=set(schema["paths"]), cli_env=cli_env)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -330,6 +332,14 @@ def test_a_security_engineer_clicks_through_every_view(browser: Any, console: Co
         frame.locator("#review").click()
         frame.locator("#review-download").wait_for()
         settle(page, console, "review")
+        with page.expect_download() as download:
+            frame.locator("#review-download").click()
+        report = Path(download.value.path())
+        assert not any(c in report.read_text() for c in console.canaries)
+        verified = subprocess.run([sys.executable, "-m", "airflow_provider_mlsecrets.cli.main",
+                                   "review", "verify", str(report)], env=console.cli_env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     no_value_or_token_sent(session, console)
     page.context.close()
     if activity_broken:  # everything else was checked; this one is the insight route's

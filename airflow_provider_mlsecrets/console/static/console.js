@@ -530,10 +530,21 @@
     button.disabled = true;
     flash("Making the access review (" + since + ")…");
     try {
-      const report = await (await call("review", {}, "POST", { since })).json();
-      const stamp = (report.generated_at || new Date().toISOString()).slice(0, 10);
-      const link = h("a", { href: URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" })),
-        download: "access-review-" + stamp + ".json", id: "review-download" }, "Download the signed report (JSON)");
+      const format = document.getElementById("review-format").value;
+      mark(1);
+      let response, raw;
+      try {
+        response = await call("review", {}, "POST", { since, format });
+        raw = await response.blob();
+      } finally { mark(-1); }
+      // offered byte for byte as the vault sealed it, so that "review verify" accepts the file
+      const named = /filename="([^"]+)"/.exec(response.headers.get("content-disposition") || "");
+      let report = {};
+      if (format === "json") {
+        try { const parsed = JSON.parse(await raw.text()); report = parsed.review && typeof parsed.review === "object" ? parsed.review : parsed; } catch (e) { report = {}; }
+      }
+      const link = h("a", { href: URL.createObjectURL(raw), id: "review-download",
+        download: named ? named[1] : "mlsecrets-review." + format }, "Download the signed report (" + format.toUpperCase() + ")");
       const counts = Object.entries(report).filter(([, v]) => Array.isArray(v)).map(([k, v]) => h("li", {}, k.replace(/_/g, " ") + ": " + v.length));
       notice.hidden = false; notice.className = "notice review-result"; clear(notice);
       append(notice, [h("strong", {}, "Access review made"), " (recorded in the audit trail). ", link,
