@@ -37,7 +37,8 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CANARY = "console-canary-" + secrets.token_hex(8)
-USERS = "alice:admin,bob:viewer,carol:viewer"  # alice engineer, bob auditor, carol unbound
+# alice a security engineer, bob an auditor, carol unbound, dave a vault viewer of ml/**
+USERS = "alice:admin,bob:viewer,carol:viewer,dave:op"
 VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys")
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 TIMEOUT = 30_000  # ms, for one element or answer
@@ -111,6 +112,8 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
     rotated = vault.secrets.read(admin, "ml/registry/token").decode()
     vault.access.create_principal(admin, "airflow-user:alice", "security_engineer")
     vault.access.create_principal(admin, "airflow-user:bob", "auditor")
+    vault.access.create_principal(admin, "airflow-user:dave", "viewer")
+    vault.access.grant(admin, "airflow-user:dave", "ml/**", ["list"])
     token = vault.access.create_principal(admin, "dag:train_model", "pipeline")
     vault.access.grant(admin, "dag:train_model", "ml/**", ["inject"])
     vault.access.grant(admin, "dag:train_model", "ml/registry/**", ["inject"], deny=True)
@@ -378,3 +381,23 @@ def test_a_user_with_no_binding_is_refused_with_the_reason(browser: Any,
     settle(page, console, "refused")
     no_value_or_token_sent(session, console)
     page.context.close()
+
+
+def test_a_viewer_sees_only_what_it_may_list(browser: Any, console: Console) -> None:
+    from playwright.sync_api import expect
+
+    session = sign_in(browser, console, "dave")
+    page = session.page
+    frame = open_console(page)
+    show(page, frame, console, "inventory", "inventory", shot="viewer-inventory")
+    frame.get_by_role("link", name="ml/serving/api_key").wait_for()
+    expect(frame.locator("tbody tr")).to_have_count(2)  # ml/serving/api_key, ml/registry/token
+    assert frame.get_by_role("link", name="connections/uri_db").count() == 0
+    frame.locator("#tabs a[data-tab=principals]").click()
+    idle(page)
+    if has(console, "principals"):  # the rest needs audit on **: refused, and said so
+        expect(frame.get_by_text("The vault does not let you see this")).to_have_count(1)
+    settle(page, console, "viewer-principals")
+    no_value_or_token_sent(session, console)
+    page.context.close()
+
