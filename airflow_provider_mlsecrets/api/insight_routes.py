@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
-from airflow_provider_mlsecrets.api.routes import MAX_NAME, Who
+from airflow_provider_mlsecrets.api.routes import MAX_NAME, Who, _Strict
 from airflow_provider_mlsecrets.audit.record import Outcome
 from airflow_provider_mlsecrets.durations import parse_moment
 from airflow_provider_mlsecrets.errors import InvalidInput
@@ -43,10 +44,19 @@ def moment(text: str | None, default: str | None = None) -> datetime | None:
     return max(found.astimezone(timezone.utc), EARLIEST)
 
 
-def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
-    router = APIRouter(prefix="/v1/insight", tags=["insight"])
+MEDIA = {"json": "application/json", "html": "text/html; charset=utf-8",
+         "csv": "text/csv; charset=utf-8"}
 
-    @router.get("/inventory")
+
+class ReviewIn(_Strict):
+    since: str = Field(default="90d", max_length=16, description="the window: 90d")
+    format: str = Field(default="json", pattern="^(json|html|csv)$")
+
+
+def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["insight"])
+
+    @router.get("/insight/inventory")
     def inventory(caller: Who, search: Annotated[str, Query(max_length=MAX_NAME)] = "",
                   team: Annotated[str | None, Query(max_length=64)] = None,
                   state: Annotated[str | None, Query(max_length=16)] = None,
@@ -58,19 +68,19 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
             caller, search=search, team=team, state=state, offset=offset, limit=limit,
             sort=sort, deleted=deleted))
 
-    @router.get("/secrets/{path:path}")
+    @router.get("/insight/secrets/{path:path}")
     def secret(path: str, caller: Who,
                recent: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50) -> dict[str, Any]:
         """One secret: versions, who can reach it, who did, rotation history."""
         return plain(vault().insight.secret(caller, path, recent=recent))  # type: ignore[no-any-return]
 
-    @router.get("/principals")
+    @router.get("/insight/principals")
     def principals(caller: Who, since: Moment = None) -> builtins.list[dict[str, Any]]:
         """Every principal with its grants, unused grants and last use."""
         return plain(vault().insight.principals(  # type: ignore[no-any-return]
             caller, since=moment(since)))
 
-    @router.get("/principals/{name}")
+    @router.get("/insight/principals/{name}")
     def principal(name: str, caller: Who, since: Moment = None,
                   reach_limit: Annotated[int, Query(ge=0, le=100_000)] = 1000
                   ) -> dict[str, Any]:
@@ -80,7 +90,7 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
         return plain(vault().insight.principal(  # type: ignore[no-any-return]
             caller, name, since=moment(since), reach_limit=reach_limit))
 
-    @router.get("/rotation")
+    @router.get("/insight/rotation")
     def rotation(caller: Who) -> builtins.list[dict[str, Any]]:
         """Rotations, most urgent first: failed, overdue, half done, due, in grace, ok."""
         return plain(vault().insight.rotation(caller))  # type: ignore[no-any-return]
@@ -91,7 +101,7 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
                            outcome=outcome.value if outcome else None, since=moment(since),
                            until=moment(until))
 
-    @router.get("/audit")
+    @router.get("/insight/audit")
     def audit(caller: Who, principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
               path_prefix: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
               dag_id: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
@@ -109,12 +119,12 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
             caller, filters(principal, path_prefix, action, outcome, since, until),
             dag_id=dag_id, before=before, limit=limit))
 
-    @router.get("/audit/health")
+    @router.get("/insight/audit/health")
     def audit_health(caller: Who) -> dict[str, Any]:
         """Chains, their heads and HSM high-water marks, and the last verification."""
         return plain(vault().insight.audit_health(caller))  # type: ignore[no-any-return]
 
-    @router.get("/audit/export")
+    @router.get("/insight/audit/export")
     def audit_export(caller: Who,
                      principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
                      path_prefix: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
@@ -136,12 +146,12 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={
             "content-disposition": 'attachment; filename="mlsecrets-audit.jsonl"'})
 
-    @router.get("/keys")
+    @router.get("/insight/keys")
     def keys(caller: Who) -> builtins.list[dict[str, Any]]:
         """KEK versions, what each wraps, and the re-wrap still to do."""
         return plain(vault().insight.keys(caller))  # type: ignore[no-any-return]
 
-    @router.get("/activity")
+    @router.get("/insight/activity")
     def activity(caller: Who, since: Moment = None,
                  bucket: Annotated[str, Query(max_length=8)] = "hour"
                  ) -> builtins.list[dict[str, Any]]:
@@ -150,17 +160,28 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
         return plain(vault().insight.activity(  # type: ignore[no-any-return]
             caller, since=start, bucket=bucket))
 
-    @router.get("/reach")
+    @router.get("/insight/reach")
     def reach(caller: Who, since: Moment = None) -> builtins.list[dict[str, Any]]:
         """Which DAG reached which secret (default: the last 7 days)."""
         start = moment(since, "7d") or datetime.now(timezone.utc)
         return [{"dag_id": dag, "path": path, "allowed": n}
                 for dag, path, n in vault().insight.reach_graph(caller, since=start)]
 
-    @router.get("/age")
+    @router.get("/insight/age")
     def age(caller: Who) -> builtins.list[dict[str, Any]]:
         """Each secret's age beside its rotation interval, in days."""
         return [{"path": path, "age_days": days, "interval_days": interval}
                 for path, days, interval in vault().insight.age_against_policy(caller)]
 
+    @router.post("/review")
+    def review(caller: Who, body: ReviewIn | None = None) -> Response:
+        """An access review of the last ``since``, signed by the HSM and recorded (as
+        ``mlsecrets review`` makes it), as a file to keep: JSON, HTML or CSV."""
+        body = body or ReviewIn()
+        made = vault().insight.review(caller, window=body.since)
+        name = f"mlsecrets-review-{made.signature.review_id}.{body.format}"
+        return Response(made.files[body.format], media_type=MEDIA[body.format], headers={
+            "content-disposition": f'attachment; filename="{name}"'})
+
     return router
+

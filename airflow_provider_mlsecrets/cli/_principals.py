@@ -46,10 +46,16 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     grant.add_argument("--deny", action="store_true", help="an explicit deny, which always wins")
     grant.set_defaults(handler=_grant)
 
-    revoke_grant = commands.add_parser("revoke", parents=[common],
-                                       help="remove a principal's grants on a pattern")
-    revoke_grant.add_argument("principal")
-    revoke_grant.add_argument("pattern")
+    revoke_grant = commands.add_parser(
+        "revoke", parents=[common], help="remove a principal's grants on a pattern, or the "
+                                         "grants an access review flags")
+    revoke_grant.add_argument("principal", nargs="?")
+    revoke_grant.add_argument("pattern", nargs="?")
+    revoke_grant.add_argument("--from-review", type=Path, metavar="FILE",
+                              help="an access review ('mlsecrets review'), verified first")
+    revoke_grant.add_argument("--unused", action="store_true",
+                              help="with --from-review: revoke the grants it flags as unused "
+                                   "for its window")
     revoke_grant.set_defaults(handler=_revoke_grant)
 
     policy = commands.add_parser("policy", help="show grants", parents=[common])
@@ -111,6 +117,13 @@ def _grant(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _revoke_grant(args: argparse.Namespace, ctx: Context) -> None:
+    if args.from_review is not None or args.unused:
+        if args.principal or args.pattern or args.from_review is None or not args.unused:
+            raise InvalidInput("give either PRINCIPAL PATTERN, or --from-review FILE --unused")
+        _revoke_from_review(args.from_review, ctx)
+        return
+    if not args.principal or not args.pattern:
+        raise InvalidInput("give PRINCIPAL PATTERN (or --from-review FILE --unused)")
     n = ctx.vault.access.revoke_grant(ctx.caller, args.principal, args.pattern)
     ctx.output.message(f"removed {n} grant(s) of {args.principal} on {args.pattern}",
                        {"removed": n})
@@ -120,3 +133,51 @@ def _policy(args: argparse.Namespace, ctx: Context) -> None:
     rows = ctx.vault.access.policy(ctx.caller, args.principal)
     ctx.output.table(rows, ["principal", "role", "effect", "pattern", "capabilities",
                             "created_by"], empty="no grants")
+
+
+def _revoke_from_review(path: Path, ctx: Context) -> None:
+    """Verify the review, then revoke each allow grant it flags as unused, as it was when
+    the review saw it: a grant changed since (other capabilities, granted again), gone, or
+    sharing its pattern with an explicit deny (which revoking would lift too) is left, and
+    said so. Each revocation is a ``grant.revoke`` record carrying the review's id; a
+    ``review.revoke`` record sums them up."""
+    from airflow_provider_mlsecrets.audit.record import format_ts
+    from airflow_provider_mlsecrets.cli._review import describe, embedded, read_review
+    from airflow_provider_mlsecrets.errors import NotFound
+    from airflow_provider_mlsecrets.service import Caller
+
+    vault = embedded(ctx, "revoking from a review")
+    check = vault.insight.verify_review(ctx.caller, read_review(path))
+    ctx.output.warn(describe(check))
+    base = ctx.caller
+    caller = Caller(base.token, {**base.context, "review": check.review_id,
+                                 "review_flag": "unused"}, verified=base.verified)
+    revoked: list[str] = []
+    skipped: list[str] = []
+    current: dict[str, list[Any]] = {}
+    for flagged in check.unused_grants:
+        name, pattern = str(flagged["principal"]), str(flagged["pattern"])
+        label = f"{name} on {pattern}"
+        if name not in current:
+            try:
+                current[name] = vault.access.policy(caller, name)
+            except NotFound:
+                current[name] = []
+        grants = [g for g in current[name] if g.pattern == pattern]
+        allow = [g for g in grants if g.effect == "allow"]
+        if not allow:
+            skipped.append(f"{label}: no longer granted")
+        elif any(g.effect == "deny" for g in grants):
+            skipped.append(f"{label}: an explicit deny shares the pattern, which revoking "
+                           "would lift too (revoke it by hand if meant)")
+        elif (allow[0].capabilities != flagged["capabilities"]
+              or format_ts(allow[0].created_at) != flagged["created_at"]):
+            skipped.append(f"{label}: changed since the review")
+        else:
+            vault.access.revoke_grant(caller, name, pattern)
+            revoked.append(f"{label} ({flagged['capabilities']})")
+    vault.insight.note_revocations(caller, check.review_id, revoked, skipped)
+    lines = [f"revoked {len(revoked)} grant(s) the review flags as unused"]
+    lines += [f"  revoked {r}" for r in revoked] + [f"  left {s}" for s in skipped]
+    ctx.output.message("\n".join(lines), {"review_id": check.review_id, "revoked": revoked,
+                                          "skipped": skipped})

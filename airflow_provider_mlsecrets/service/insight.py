@@ -57,6 +57,7 @@ from airflow_provider_mlsecrets.store.models import (
 )
 
 if TYPE_CHECKING:
+    from airflow_provider_mlsecrets.review.service import MadeReview, ReviewCheck
     from airflow_provider_mlsecrets.service.vault import KeyView  # vault.py imports this module
 
 T = TypeVar("T")
@@ -340,7 +341,7 @@ def parse_ts(text: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
-class _Who:
+class Subject:
     """A principal as the views need it."""
 
     name: str
@@ -460,7 +461,7 @@ class InsightService:
                     rows.append((row, found))
             rows.sort(key=_sorter(sort, now), reverse=sort == "-path")
             page = rows[offset:offset + limit]
-            out = self._secret_rows(op, [r.id for r, _ in page], {r.id: s for r, s in page},
+            out = self.secret_rows(op, [r.id for r, _ in page], {r.id: s for r, s in page},
                                     now)
             op.reason += f"; {len(rows)} match, {len(out)} shown"
             return Page(items=out, total=len(rows), offset=offset, limit=limit)
@@ -481,7 +482,7 @@ class InsightService:
             if found is None:
                 raise NotFound(f"no secret at {path}")
             secret, state = found
-            row = self._secret_rows(op, [secret.id], {
+            row = self.secret_rows(op, [secret.id], {
                 secret.id: rotation_state(secret.rotation is not None, state, now)}, now)[0]
             versions = [VersionInfo(path=path, version=v.version, state=v.state,
                                     kek_id=v.kek_id, created_by=v.created_by,
@@ -505,7 +506,7 @@ class InsightService:
 
     def _reach(self, session: Session, path: str) -> list[Reach]:
         out = []
-        for who in self._principals(session):
+        for who in self.principals_in(session):
             if who.status == "altered":
                 out.append(Reach(principal=who.name, role=who.role, status=who.status,
                                  allowed=(), denied=(), via=("record altered outside the "
@@ -530,9 +531,9 @@ class InsightService:
         since = _window(since, now)
         with self._core.operation(caller, "insight.principals", Capability.AUDIT) as op:
             out = []
-            for who in self._principals(op.session):
-                uses = self._grant_uses(op.session, who, since, count=False)
-                out.append(self._principal_row(op.session, who, uses, since))
+            for who in self.principals_in(op.session):
+                uses = self.grant_uses(op.session, who, since, count=False)
+                out.append(self.principal_row(op.session, who, uses, since))
             op.reason += f"; {len(out)} principals since {format_ts(since)}"
             return out
 
@@ -546,22 +547,22 @@ class InsightService:
         since = _window(since, now)
         with self._core.operation(caller, "insight.principal", Capability.AUDIT) as op:
             op.reason += f"; {name}"
-            found = self._principals(op.session, name)
+            found = self.principals_in(op.session, name)
             if not found:
                 raise NotFound(f"no principal named {name!r}")
             who = found[0]
-            uses = self._grant_uses(op.session, who, since, count=True)
+            uses = self.grant_uses(op.session, who, since, count=True)
             reach: list[tuple[str, tuple[str, ...]]] = []
             if who.status == "active":
                 paths = op.session.scalars(select(Secret.path).where(
                     Secret.deleted_at.is_(None)).order_by(Secret.path)).all()
                 reach = [(p, a[0]) for p, a in effective(Role(who.role), who.rules,
                                                          paths).items() if a[0]]
-            return PrincipalDetail(row=self._principal_row(op.session, who, uses, since),
+            return PrincipalDetail(row=self.principal_row(op.session, who, uses, since),
                                    grants=uses, reach=reach[:reach_limit],
                                    reach_total=len(reach))
 
-    def _principals(self, session: Session, name: str | None = None) -> list[_Who]:
+    def principals_in(self, session: Session, name: str | None = None) -> list[Subject]:
         """Principals with their grants and status; one whose record fails its integrity
         MAC is ``altered`` and reaches nothing (the vault refuses it)."""
         query = select(Principal).options(selectinload(Principal.grants)).order_by(
@@ -580,12 +581,12 @@ class InsightService:
                 rules = rules_of(p.grants)
             except (ValueError, InvalidInput):  # only a tampered row holds these
                 status, role, rules = "altered", Role.VIEWER, ()
-            out.append(_Who(name=p.name, role=role.value if status != "altered" else p.role,
+            out.append(Subject(name=p.name, role=role.value if status != "altered" else p.role,
                             status=status, kind=kind_of(p.name), rules=rules,
                             grants=tuple(p.grants), created_at=p.created_at))
         return out
 
-    def _grant_uses(self, session: Session, who: _Who, since: datetime, *, count: bool
+    def grant_uses(self, session: Session, who: Subject, since: datetime, *, count: bool
                     ) -> list[GrantUse]:
         """Each grant's last use and, with ``count``, its uses, from the records it decided
         since the later of ``since`` and its own creation (index: principal, outcome,
@@ -620,7 +621,7 @@ class InsightService:
             decision_expr == decision, AuditRecord.ts >= start)).scalar_one_or_none()
         return None if found is None else str(found)
 
-    def _principal_row(self, session: Session, who: _Who, uses: list[GrantUse],
+    def principal_row(self, session: Session, who: Subject, uses: list[GrantUse],
                        since: datetime) -> PrincipalRow:
         seen = session.execute(select(func.max(AuditRecord.ts)).where(
             AuditRecord.principal == who.name)).scalar_one_or_none()
@@ -835,7 +836,27 @@ class InsightService:
             return [(path, _days(now - created), _interval_days(rotation))
                     for path, rotation, created in rows]
 
-    def _secret_rows(self, op: Op, ids: Sequence[int], states: dict[int, str],
+    # -- access reviews (review/service.py) ------------------------------------------------
+    def review(self, caller: Caller, *, window: str = "90d") -> MadeReview:
+        """Make an access review of the last ``window``, signed and recorded."""
+        from airflow_provider_mlsecrets.review import service
+
+        return service.make(self, self._core, caller, window)
+
+    def verify_review(self, caller: Caller, content: bytes) -> ReviewCheck:
+        """Prove a review file unaltered and this vault's, or raise ``IntegrityError``."""
+        from airflow_provider_mlsecrets.review import service
+
+        return service.verify(self._core, caller, content)
+
+    def note_revocations(self, caller: Caller, review_id: str, revoked: list[str],
+                         skipped: list[str]) -> None:
+        """Record what ``revoke --from-review`` did, as ``review.revoke``."""
+        from airflow_provider_mlsecrets.review import service
+
+        service.note_revocations(self._core, caller, review_id, revoked, skipped)
+
+    def secret_rows(self, op: Op, ids: Sequence[int], states: dict[int, str],
                      now: datetime) -> list[SecretRow]:
         """Full rows for ``ids`` (in that order), each checked against its MAC."""
         if not ids:
@@ -901,4 +922,5 @@ def _sorter(sort: str, now: datetime) -> Any:
         "team": lambda c: (team_of(c[0].path) or "\uffff", c[0].path),
     }
     return keys[sort]
+
 
