@@ -44,9 +44,10 @@ def collect(insight: InsightService, session: Session, *, review_id: str, vault_
     live = list(session.scalars(select(Secret.path).where(Secret.deleted_at.is_(None))
                                 .order_by(Secret.path)))
     principals, unused, idle = [], [], []
-    for who in insight.principals_in(session):
-        uses = insight.grant_uses(session, who, since, count=True)
-        row = insight.principal_row(session, who, uses, since)
+    everyone = insight.principals_in(session)
+    uses_of = [insight.grant_uses(session, who, since) for who in everyone]
+    rows = insight.principal_rows(session, everyone, since, uses_of)
+    for who, uses, row in zip(everyone, uses_of, rows, strict=True):
         active = who.status == "active"
         grants = []
         for grant, use in zip(who.grants, uses, strict=True):
