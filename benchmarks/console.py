@@ -40,7 +40,8 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _setup import Bench, pg_database, pg_table_bytes, scratch
+from _setup import Bench, new_vault, pg_database, pg_table_bytes, scratch
+from _setup import fill_audit as setup_fill_audit
 from _setup import make_settings as bench_settings
 from sqlalchemy import Table, insert, select
 
@@ -292,6 +293,74 @@ def time_views(bench: Bench, paths: list[str], n: int) -> dict[str, Any]:
     return out
 
 
+def index_cost(home: Path, db_url: str | None, key_prefix: str, n: int, sample: int,
+               size: Callable[[str], int]) -> dict[str, Any]:
+    """What migration 0006's indexes cost the trail: single durable appends on a vault at
+    0006 and one taken back to 0005, interleaved so both see the same noise, and bytes per
+    record (table and indexes) over ``sample`` lookup records written to each."""
+    from alembic import command
+
+    from airflow_provider_mlsecrets.audit import log as audit_log
+    from airflow_provider_mlsecrets.store.migrate import _config
+
+    benches = {}
+    for revision in ("0006", "0005"):
+        url = db_url or f"sqlite:///{home / f'index-{revision}.db'}"
+        if db_url:
+            url = _fresh_schema(db_url, revision)
+        bench = new_vault(home, url, key_prefix=f"{key_prefix}{revision}")
+        if revision == "0005":
+            command.downgrade(_config(bench.vault.core.engine), "0005")
+        benches[revision] = bench
+    samples: dict[str, list[float]] = {r: [] for r in benches}
+
+    def append(bench: Bench) -> None:
+        with bench.vault.core.transaction() as session:
+            audit_log.append(session, bench.vault.core.keys, Entry(
+                ts=format_ts(datetime.now(timezone.utc)), principal="dag:train",
+                roles="pipeline", action="secret.inject", path="connections/warehouse",
+                version=1, outcome="allowed", reason="grant of inject on connections/**",
+                request_id=str(uuid.uuid4()), context=canonical_context(
+                    {"component": "task", "dag_id": "train", "task_id": "fetch"})),
+                bench.vault.core.vault_id(session))
+
+    for _ in range(n):
+        for revision, bench in benches.items():
+            begin = time.perf_counter()
+            append(bench)
+            samples[revision].append(time.perf_counter() - begin)
+    out: dict[str, Any] = {}
+    for revision, bench in benches.items():
+        url = bench.settings.db_url
+        before = size(url)
+        setup_fill_audit(bench.vault, sample, seal_all=True)
+        ordered = sorted(samples[revision])
+        out[revision] = {"append_median_us": ordered[len(ordered) // 2] * 1e6,
+                         "append_p99_us": ordered[int(len(ordered) * 0.99)] * 1e6,
+                         "bytes_per_record": (size(url) - before) / sample}
+    return out
+
+
+def _fresh_schema(server_url: str, name: str) -> str:
+    from sqlalchemy import text
+
+    from airflow_provider_mlsecrets.store.engine import engine_for
+
+    schema = f"rev_{name}"
+    with engine_for(server_url).begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    return f"{server_url}?options=-csearch_path%3D{schema}"
+
+
+def sqlite_bytes(url: str) -> int:
+    import sqlite3
+
+    path = url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return Path(path).stat().st_size
+
+
 def build(home: Path, db_url: str | None, secrets: int, records: int, key_prefix: str
           ) -> tuple[Bench, list[str], dict[str, float]]:
     settings = dataclasses.replace(bench_settings(home, db_url, key_prefix=key_prefix),
@@ -312,6 +381,14 @@ def build(home: Path, db_url: str | None, secrets: int, records: int, key_prefix
     begin = time.perf_counter()
     fill_audit(bench, records, paths, who)
     took["audit_s"] = time.perf_counter() - begin
+    if db_url is not None:
+        # what autovacuum does on its own after a load this size (within a minute or so);
+        # SQLite gets no statistics, as in production, where nothing runs ANALYZE
+        from sqlalchemy import text
+
+        with vault.core.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("ANALYZE"))
     return bench, paths, took
 
 
@@ -322,9 +399,22 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("-n", type=int, default=5, help="timed calls per view")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--index-cost", action="store_true",
+                        help="only measure what migration 0006's indexes cost appends and "
+                             "storage")
     args = parser.parse_args()
     base = scratch("mlsecrets-console-")
     results: dict[str, Any] = {}
+    if args.index_cost:
+        results["sqlite"] = index_cost(base, None, "ix", 300, 20_000, sqlite_bytes)
+        if not args.no_postgres:
+            with pg_database() as url:
+                if url is not None:
+                    results["postgres"] = index_cost(
+                        base, url, "pgix", 300, 20_000,
+                        lambda u: pg_table_bytes(u))
+        print(json.dumps(results, indent=2))
+        return
     bench, paths, took = build(base, None, args.secrets, args.records, "mlsecrets")
     results["sqlite"] = {"built": took, "views": time_views(bench, paths, args.n),
                          "bytes": (base / "vault.db").stat().st_size}

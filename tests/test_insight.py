@@ -589,6 +589,8 @@ def test_the_migration_indexes_exactly_what_the_queries_compute() -> None:
     for dialect in ("sqlite", "postgresql"):
         assert migration.DECISION[dialect] == decision_sql("reason", dialect)
         assert migration.DAG[dialect] == dag_sql("context", dialect)
+    from airflow_provider_mlsecrets.service.insight import _PG_NEWEST  # the batched seeks
+    assert f"{decision_sql('a.reason', 'postgresql')} = q.d" in _PG_NEWEST.text
 
 
 FULL_SCAN = re.compile(r"^SCAN mlsecrets_audit$|Seq Scan on mlsecrets_audit ")

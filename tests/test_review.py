@@ -124,10 +124,16 @@ def test_a_review_says_who_may_reach_what_and_what_was_used(scene: Scene) -> Non
     denied = [d for d in r["denials"] if d["principal"] == "pipe"]
     assert [(d["path"], d["count"], d["reason"]) for d in denied] == [
         ("ml/openai/key", 2, "explicit deny of inject on ml/openai/**")]
+    assert r["last_verification"] is None and b"never verified" in made.files["html"]
     for data in made.files.values():
         no_secret_in(scene, data)
-    record = scene.env.vault.audit.tail(scene.env.admin, 1,
-                                        AuditFilter(action="review.create"))[-1]
+    scene.env.vault.audit.verify(scene.auditor)
+    later = scene.env.vault.insight.review(scene.auditor, window="90d")
+    assert later.review["last_verification"]["ok"] is True
+    assert b"last verified at" in later.files["html"]
+    assert b"verification,aud" in later.files["csv"]
+    record = scene.env.vault.audit.tail(scene.env.admin, 2,
+                                        AuditFilter(action="review.create"))[0]
     assert record.request_id == made.signature.review_id and record.principal == "aud"
     assert (record.chain, record.seq) == (made.signature.chain, made.signature.seq)
     for kind, digest in made.signature.sha256.items():

@@ -4,7 +4,8 @@ secret) and grants with their last use in the window; the grants unused for the 
 (allow grants of active principals that existed for the whole window and decided nothing
 in it: what ``revoke --from-review --unused`` revokes); principals with no allowed use in
 the window; secrets whose rotation needs attention; every read of plaintext by a person;
-and the denials, grouped. Times are written as audit records write them."""
+the denials, grouped; and when the trail was last verified. Times are written as audit
+records write them."""
 
 from __future__ import annotations
 
@@ -89,7 +90,21 @@ def collect(insight: InsightService, session: Session, *, review_id: str, vault_
         "rotations": _rotations(session, created_at, rotation_state),
         "plaintext_reads": _reads(session, since, created_at),
         "denials": _denials(session, since, created_at),
+        "last_verification": _last_verification(session),
     }
+
+
+def _last_verification(session: Session) -> dict[str, Any] | None:
+    """The trail's last ``audit verify`` and its result: a review reads the trail as it
+    is, so say when it was last proven intact."""
+    record = session.scalars(select(AuditRecord).where(AuditRecord.action == "audit.verify")
+                             .order_by(AuditRecord.ts.desc(), AuditRecord.chain.desc(),
+                                       AuditRecord.seq.desc()).limit(1)).first()
+    if record is None:
+        return None
+    return {"ts": record.ts, "principal": record.principal, "outcome": record.outcome,
+            "ok": record.outcome == Outcome.ALLOWED.value and "; ok," in record.reason,
+            "reason": record.reason}
 
 
 def _rotations(session: Session, now: datetime, classify: Any) -> list[dict[str, Any]]:

@@ -63,6 +63,11 @@ def csv_rows(review: dict[str, Any]) -> Iterable[dict[str, Any]]:
         yield {"section": "plaintext_read", "principal": r["principal"], "target": r["path"],
                "action": "secret.read", "last": r["ts"], "uses": r["version"],
                "detail": r["caller"]}
+    last = review.get("last_verification")
+    if last is not None:
+        yield {"section": "verification", "principal": last["principal"],
+               "action": "audit.verify", "last": last["ts"],
+               "detail": ("ok" if last["ok"] else "FAILED") + f": {last['reason']}"}
     for d in review["denials"]:
         yield {"section": "denial", "principal": d["principal"], "target": d["path"],
                "action": d["action"], "count": d["count"], "first": d["first"],
@@ -132,6 +137,15 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str,
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _verified(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return ('<p class="flag">The audit trail was never verified before this review: run '
+                "<code>mlsecrets audit verify</code>.</p>")
+    result = "passed" if last["ok"] else "FAILED"
+    return (f'<p{"" if last["ok"] else " class=flag"}>The audit trail was last verified at '
+            f"{_e(last['ts'])} by {_e(last['principal'])}: {result}.</p>")
+
+
 def to_html(review: dict[str, Any]) -> bytes:
     r = review
     parts = [
@@ -142,7 +156,7 @@ def to_html(review: dict[str, Any]) -> bytes:
             f"<tr><td>{_e(label)}</td><td>{_e(r[key])}</td></tr>" for label, key in (
                 ("Review", "review_id"), ("Made by", "created_by"), ("Made at", "created_at"),
                 ("Window", "window"), ("From", "since"), ("To", "until"))) + "</tbody></table>",
-        "<h2>Summary</h2>" + _table(("", "count"), [
+        "<h2>Summary</h2>" + _verified(r.get("last_verification")) + _table(("", "count"), [
             ("principals", len(r["principals"])),
             ("grants unused for the window", len(r["unused_grants"])),
             ("principals with no use in the window", len(r["idle_principals"])),

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from croniter import croniter
-from sqlalchemy import and_, bindparam, func, or_, select, tuple_
+from sqlalchemy import and_, bindparam, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from airflow_provider_mlsecrets.audit import mark as hsm_mark
@@ -295,6 +295,23 @@ def effective(role: Role, rules: Sequence[Rule], paths: Iterable[str]) -> dict[s
     return out
 
 
+class Decided:
+    """Whether :func:`decide` allows one capability, path by path, asked once per distinct
+    set of matching rules (as :func:`effective` does)."""
+
+    def __init__(self, role: Role, rules: Sequence[Rule], capability: Capability) -> None:
+        self._role, self._rules, self._capability = role, tuple(rules), capability
+        self._memo: dict[tuple[bool, ...], bool] = {}
+
+    def __call__(self, path: str) -> bool:
+        key = tuple(matches(r.pattern, path) for r in self._rules)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = decide(self._role, self._rules, self._capability,
+                                             path).allowed
+        return found
+
+
 def team_note(name: str, kind: str, path: str) -> str:
     """What the secrets backend's team namespaces add for Airflow lookups of ``path``."""
     team = team_of(path)
@@ -313,7 +330,7 @@ ROTATION_ACTIONS = ("rotation.policy", "rotation.begin", "rotation.create", "rot
                     "rotation.test", "rotation.finish", "rotation.invalidate", "rotation.end",
                     "rotation.fail", "rotation.cancel")
 NEWEST_FIRST = (AuditRecord.ts.desc(), AuditRecord.chain.desc(), AuditRecord.seq.desc())
-AUDIT_COUNT_CAP = 10_000
+AUDIT_COUNT_CAP = 1_000
 AUTHENTICATED = "authenticated"  # the decision of an action that needs no capability (Core)
 
 
@@ -404,19 +421,38 @@ def _newest(session: Session, seeks: Sequence[tuple[str, str | None, str | None,
             ) -> list[str | None]:
     """For each ``(principal, outcome, decision, since)``, the time of its newest record
     (``outcome`` and ``decision`` None: any record): one seek each, of the (principal,
-    outcome, decision, ts) or the (principal, ts) index, by statements compiled once."""
+    outcome, decision, ts) or the (principal, ts) index. On PostgreSQL all of them go in
+    one statement (a round trip each would cost more than the seeks); on SQLite, in this
+    process, by statements compiled once."""
     connection = session.connection()
+    if connection.dialect.name == "postgresql" and seeks:
+        rows = connection.execute(_PG_NEWEST, {
+            "p": [s[0] for s in seeks], "o": [s[1] or "" for s in seeks],
+            "d": [s[2] or "" for s in seeks], "s": [s[3] for s in seeks],
+            "any": [s[1] is None or s[2] is None for s in seeks]}).all()
+        found: dict[int, Any] = {int(n): t for n, t in rows}
+        return [None if found.get(i) is None else str(found[i])
+                for i in range(1, len(seeks) + 1)]
     out: list[str | None] = []
     for name, outcome, decision, since in seeks:
         if outcome is None or decision is None:
-            found = connection.execute(_SEEN, {"p": name}).scalar()
+            newest = connection.execute(_SEEN, {"p": name}).scalar()
         else:
-            found = connection.execute(_DECIDED, {"p": name, "o": outcome, "d": decision,
-                                                  "s": since}).scalar()
-        out.append(None if found is None else str(found))
+            newest = connection.execute(_DECIDED, {"p": name, "o": outcome, "d": decision,
+                                                   "s": since}).scalar()
+        out.append(None if newest is None else str(newest))
     return out
 
 
+# the same seeks as _DECIDED and _SEEN, over arrays (WITH ORDINALITY numbers them from 1)
+_PG_NEWEST = text(
+    "SELECT q.n, CASE WHEN q.any_record THEN (SELECT max(a.ts) FROM mlsecrets_audit a "
+    "WHERE a.principal = q.p) ELSE (SELECT max(a.ts) FROM mlsecrets_audit a WHERE "
+    "a.principal = q.p AND a.outcome = q.o AND "
+    "split_part(a.reason, ';', 1) = q.d AND a.ts >= q.s) END "  # decision_sql's
+    "FROM unnest(CAST(:p AS text[]), CAST(:o AS text[]), CAST(:d AS text[]), "
+    "CAST(:s AS text[]), CAST(:any AS boolean[])) WITH ORDINALITY "
+    "AS q(p, o, d, s, any_record, n)")
 _DECIDED = select(func.max(AuditRecord.ts)).where(
     AuditRecord.principal == bindparam("p"), AuditRecord.outcome == bindparam("o"),
     decision_expr == bindparam("d"), AuditRecord.ts >= bindparam("s"))
@@ -475,8 +511,9 @@ class InsightService:
         now = utcnow()
         with self._core.operation(caller, "insight.inventory", None) as op:
             rows = []
+            may_list = Decided(op.actor.role, op.actor.rules, Capability.LIST)
             for row in op.session.execute(query):
-                if not op.actor.may(Capability.LIST, row.path).allowed:
+                if not may_list(row.path):
                     continue
                 found = rotation_state(row.has_policy, row, now)
                 if state is None or found == state:
