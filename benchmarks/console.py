@@ -75,7 +75,7 @@ def secret_paths(n: int) -> list[str]:
     out = []
     for i in range(n):
         folder = FOLDERS[i % len(FOLDERS)]
-        out.append(f"teams/{TEAMS[i % len(TEAMS)]}/{folder}/s{i:05d}" if i % 2
+        out.append(f"teams/{TEAMS[i // 2 % len(TEAMS)]}/{folder}/s{i:05d}" if i % 2
                    else f"{folder}/s{i:05d}")
     return out
 
@@ -264,6 +264,10 @@ def time_views(bench: Bench, paths: list[str], n: int) -> dict[str, Any]:
         "audit, one DAG": lambda: insight.audit(admin, AuditFilter(), dag_id="pipeline_7"),
         "audit, a path prefix": lambda: insight.audit(
             admin, AuditFilter(path_prefix="teams/alpha/")),
+        "audit, a path prefix with few records": lambda: insight.audit(
+            admin, AuditFilter(path_prefix=paths[1])),
+        "audit, a path prefix with none": lambda: insight.audit(
+            admin, AuditFilter(path_prefix="nowhere/")),
         "audit health": lambda: insight.audit_health(admin),
         "keys": lambda: insight.keys(admin),
         "activity, 24 h by hour": lambda: insight.activity(

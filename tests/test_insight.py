@@ -497,6 +497,24 @@ def test_the_audit_timeline_pages_by_key_and_filters(scene: Scene) -> None:
     no_secret_in(env, plain(exported))
 
 
+@pytest.mark.parametrize("prefix", ["ml/", "ml/h", "teams/alpha/", "teams/alpha/connections/db",
+                                    "nowhere/", "m", "ml/hf/token/"])
+def test_a_path_prefix_finds_exactly_what_starts_with_it(scene: Scene, prefix: str) -> None:
+    """The timeline pages a prefix by an index range where it can: the same records as the
+    trail's own filter, newest first."""
+    want = [(r.chain, r.seq) for r in reversed(scene.env.vault.audit.tail(
+        scene.env.admin, 10_000, AuditFilter(path_prefix=prefix)))]
+    got, page = [], scene.env.vault.insight.audit(scene.auditor, AuditFilter(
+        path_prefix=prefix), limit=2)
+    got += [(e.chain, e.seq) for e in page.items]
+    while page.next_before is not None:
+        page = scene.env.vault.insight.audit(scene.auditor, AuditFilter(path_prefix=prefix),
+                                             before=page.next_before, limit=2)
+        got += [(e.chain, e.seq) for e in page.items]
+    assert got == want and page.total == len(want)
+    assert all(e.path.startswith(prefix) for e in page.items)
+
+
 def test_audit_health_shows_heads_marks_and_the_last_verification(scene: Scene) -> None:
     env = scene.env
     before = env.vault.insight.audit_health(scene.auditor)

@@ -325,3 +325,19 @@ def test_post_review_makes_one_in_each_format(scene: Scene) -> None:
         assert post(scene.auditor, {"since": "7d", "format": "pdf"}).status_code == 400
         assert post(scene.auditor, {"since": "soon"}).status_code == 400
         assert post(scene.auditor, {"since": "7d", "extra": 1}).status_code == 400
+
+
+def test_a_review_through_a_url_says_where_to_make_it(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("mls_" + "A" * 43)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MLSECRETS_")}
+    environ.update(MLSECRETS_HOME=str(tmp_path), MLSECRETS_URL="http://127.0.0.1:9",
+                   MLSECRETS_TOKEN_FILE=str(token))
+    for args in (["review", "--out", str(tmp_path / "r.html")],
+                 ["review", "verify", str(token)],
+                 ["revoke", "--from-review", str(token), "--unused"]):
+        result = subprocess.run([*MLSECRETS, *args], capture_output=True, text=True,
+                                env=environ, timeout=120, check=False)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "not available through MLSECRETS_URL" in result.stderr
+        assert "POST /v1/review" in result.stderr
