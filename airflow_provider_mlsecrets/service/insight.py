@@ -331,6 +331,7 @@ ROTATION_ACTIONS = ("rotation.policy", "rotation.begin", "rotation.create", "rot
                     "rotation.fail", "rotation.cancel")
 NEWEST_FIRST = (AuditRecord.ts.desc(), AuditRecord.chain.desc(), AuditRecord.seq.desc())
 AUDIT_COUNT_CAP = 1_000
+_BYTEWISE: dict[str, bool] = {}  # database URL -> whether it orders text byte by byte
 AUTHENTICATED = "authenticated"  # the decision of an action that needs no capability (Core)
 
 
@@ -749,11 +750,11 @@ class InsightService:
         with self._core.operation(caller, "insight.audit", Capability.AUDIT) as op:
             query = self._filtered(filters, dag_id)
             # a path prefix as a range the (path, ts) index serves, where the database
-            # compares text byte by byte (SQLite's BINARY): the count then costs what
-            # matches, and a prefix with few records pages through them alone, instead of
-            # walking the whole trail by time (LIKE itself never uses an index here)
+            # compares text byte by byte (SQLite; PostgreSQL in a C locale): the count then
+            # costs what matches, and a prefix with few records pages through them alone,
+            # instead of walking the whole trail by time (LIKE never uses an index here)
             span = _prefix_range(filters.path_prefix) \
-                if op.session.get_bind().dialect.name == "sqlite" else None
+                if filters.path_prefix and self._bytewise(op.session) else None
             ranged = query if span is None else query.where(
                 AuditRecord.path >= span[0], AuditRecord.path < span[1])
             total = int(op.session.execute(select(func.count()).select_from(
@@ -775,6 +776,23 @@ class InsightService:
             return Page(items=items, total=total, offset=0, limit=limit,
                         next_before=(items[-1].chain, items[-1].seq)
                         if len(items) == limit else None)
+
+    def _bytewise(self, session: Session) -> bool:
+        """Whether the store orders text byte by byte: SQLite's BINARY; PostgreSQL when the
+        database's collation is C or POSIX (C.UTF-8 too: code point order, as UTF-8's)."""
+        key = self._core.settings.db_url
+        found = _BYTEWISE.get(key)
+        if found is None:
+            connection = session.connection()
+            if connection.dialect.name == "sqlite":
+                found = True
+            else:
+                collation = connection.execute(text(
+                    "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                )).scalar_one_or_none()
+                found = str(collation or "").lower() in ("c", "posix", "c.utf-8", "c.utf8")
+            _BYTEWISE[key] = found
+        return found
 
     def audit_export(self, caller: Caller, filters: AuditFilter, *, dag_id: str | None = None,
                      limit: int = MAX_EXPORT) -> list[AuditView]:
