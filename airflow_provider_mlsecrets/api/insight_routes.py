@@ -38,10 +38,10 @@ def moment(text: str | None, default: str | None = None) -> datetime | None:
     if text is None:
         return None
     try:
-        found = parse_moment(text, future=False)
-    except (OverflowError, TypeError):
+        found = parse_moment(text, future=False).astimezone(timezone.utc)
+    except (OverflowError, TypeError, ValueError):
         raise InvalidInput(f"cannot read {text[:64]!r} as a time") from None
-    return max(found.astimezone(timezone.utc), EARLIEST)
+    return max(found, EARLIEST)
 
 
 MEDIA = {"json": "application/json", "html": "text/html; charset=utf-8",
