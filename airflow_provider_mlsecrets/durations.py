@@ -28,8 +28,8 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_moment(text: str, *, future: bool) -> datetime:
-    """A moment: a duration from now (``30d``; ago unless ``future``) or an ISO 8601 date or
-    time (UTC when it names no zone)."""
+    """A moment, as a plain UTC datetime: a duration from now (``30d``; ago unless
+    ``future``) or an ISO 8601 date or time (UTC when it names no zone)."""
     if _DURATION.fullmatch(text.strip()):
         delta = parse_duration(text)
         now = datetime.now(timezone.utc)
@@ -45,4 +45,8 @@ def parse_moment(text: str, *, future: bool) -> datetime:
             "such as 2027-01-31T12:00Z") from None
     if not isinstance(moment, datetime):
         raise InvalidInput(f"{text!r} is not a date or time")
-    return moment
+    # a plain datetime in UTC: pendulum's subclass answers arithmetic with its own types
+    # (an Interval, not a timedelta), which the code that compares moments does not expect
+    utc = moment.astimezone(timezone.utc)
+    return datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second,
+                    utc.microsecond, tzinfo=timezone.utc)
