@@ -190,6 +190,39 @@ class Grant(Base):
     principal: Mapped[Principal] = relationship(back_populates="grants")
 
 
+class VaultPolicy(Base):
+    """A vault-wide policy that decides access, one HSM-MACed row per name. ``critical``: the
+    path patterns whose plaintext reads need a second security engineer's approval. The row
+    is written by ``init`` so that deleting it is tampering, not "no policy"."""
+
+    __tablename__ = "mlsecrets_policy"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # canonical JSON
+    changed_by: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class AccessRequest(Base):
+    """A break-glass request: one principal asks to read one critical path for a bounded
+    window; another security engineer approves or denies it. HSM-MACed over every field."""
+
+    __tablename__ = "mlsecrets_access_requests"
+    __table_args__ = (Index("ix_mlsecrets_access_requests_lookup", "principal", "path",
+                            "state"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(256))
+    justification: Mapped[str] = mapped_column(String(500))
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16))  # pending, approved, denied
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
 class AuditHead(Base):
     """The newest record of each chain; locked while a record is appended."""
 
