@@ -331,3 +331,57 @@ Index("ix_mlsecrets_audit_grant_use", AuditRecord.principal, AuditRecord.outcome
       decision_of(AuditRecord.reason), AuditRecord.ts)
 Index("ix_mlsecrets_audit_dag", dag_of(AuditRecord.context), AuditRecord.ts, AuditRecord.chain,
       AuditRecord.seq, sqlite_where=_HAS_DAG, postgresql_where=_HAS_DAG)
+
+
+# -- alerts (migration 0008; service/alerts.py) ----------------------------------------------
+class AlertCursor(Base):
+    """How far the alert evaluators have read each audit chain: the last ``seq`` evaluated.
+    Moved in the transaction that writes the alerts those records raised."""
+
+    __tablename__ = "mlsecrets_alert_cursor"
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AlertSeen(Base):
+    """Each (DAG, path) the vault has delivered a value to: the history of the "a DAG
+    reaches a secret it has never used before" rule, seeded from the past trail once."""
+
+    __tablename__ = "mlsecrets_alert_seen"
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    path: Mapped[str] = mapped_column(String(256), primary_key=True)
+    first_ts: Mapped[str] = mapped_column(String(32))
+
+
+class Alert(Base):
+    """One alert, raised once: ``key`` is unique (the rule and the record's chain and seq, a
+    burst's subject and window, or a condition and its day), so a second evaluator's insert
+    of the same alert fails instead of raising it twice. Never holds a value: who, what,
+    when, where, and which audit record."""
+
+    __tablename__ = "mlsecrets_alerts"
+    __table_args__ = (Index("ix_mlsecrets_alerts_open", "acked_at", "id"),
+                      Index("ix_mlsecrets_alerts_undelivered", "delivered_at", "next_attempt_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    rule: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event_ts: Mapped[str] = mapped_column(String(32))
+    principal: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(256))
+    chain: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    summary: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON of the rule's findings
+    delivered_to: Mapped[str] = mapped_column(Text, default="")  # notifier names, one a line
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    acked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
