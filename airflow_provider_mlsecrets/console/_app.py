@@ -65,8 +65,14 @@ def create_console_app() -> FastAPI:
 
 def external_view(url_prefix: str) -> dict[str, Any]:
     """The plugin's nav entry: a top-level "Secrets" item in Airflow's navigation, which
-    shows ``href`` in a same-origin frame at ``/plugin/secrets``."""
-    base = f"{url_prefix}{CONSOLE_PATH}"
+    shows ``href`` in a same-origin frame at ``/plugin/secrets``.
+
+    ``href`` and the icons are relative (no leading slash): Airflow's UI page carries
+    ``<base href>`` = the path of ``[api] base_url``, under which it mounts the plugin's app,
+    so they resolve to ``/mlsecrets/console/`` or, with ``base_url = http://host/airflow``,
+    ``/airflow/mlsecrets/console/``. (An absolute ``/mlsecrets/…`` would miss the prefix.)
+    The page's own URLs are relative to it too (``static/…``, and ``../v1/`` in its script)."""
+    base = f"{url_prefix.strip('/')}{CONSOLE_PATH}"
     return {"name": "Secrets", "href": f"{base}/", "url_route": "secrets",
             "destination": "nav", "nav_top_level": True,
             "icon": f"{base}/static/icon.svg", "icon_dark_mode": f"{base}/static/icon-dark.svg"}

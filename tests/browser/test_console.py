@@ -5,7 +5,11 @@ through every view. Screenshots are kept (under the test's tmp path and test-art
 
 It asserts that no secret value (canaries) is in any page's text, any DOM or any network
 response; that no token reaches the page; that an auditor sees the console, and that an
-Airflow user with no binding in the vault is refused with the vault's reason."""
+Airflow user with no binding in the vault is refused with the vault's reason.
+
+The server runs under a path prefix (``[api] base_url = http://127.0.0.1:PORT/airflow``), as
+behind a proxy that serves Airflow below a path: the nav entry and the page's own requests
+must stay under it (test_console_app checks the same without a prefix, and without a browser)."""
 
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ CANARY = "console-canary-" + secrets.token_hex(8)
 USERS = "alice:admin,bob:viewer,carol:viewer,dave:op"
 VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys")
 ARTIFACTS = ROOT / "test-artifacts" / "console"
+PREFIX = "/airflow"  # the path of [api] base_url
 TIMEOUT = 30_000  # ms, for one element or answer
 
 
@@ -124,8 +129,9 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
     vault.audit.verify(admin)
 
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{PREFIX}"
     env = {**airflow_env.env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+           "AIRFLOW__API__BASE_URL": url,
            "AIRFLOW__SECRETS__BACKEND": BACKEND,
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS}
     base = tmp_path_factory.mktemp("console")
@@ -197,7 +203,7 @@ def open_console(page: Any) -> Any:
 def console_frame(page: Any) -> Any:
     """The console's own frame (Airflow's page mirrors its path as /plugin/secrets/…)."""
     return next(f for f in page.frames
-                if urllib.parse.urlsplit(f.url).path.startswith("/mlsecrets/console/"))
+                if urllib.parse.urlsplit(f.url).path.startswith(f"{PREFIX}/mlsecrets/console/"))
 
 
 CONSOLE_ROUTES = ("inventory", "secrets/{path}", "principals", "principals/{name}", "rotation",
@@ -254,7 +260,7 @@ def no_value_or_token_sent(session: Session, console: Console) -> None:
     assert cookie["value"] not in stored and not any(c in stored for c in console.canaries)
     checked = plugin = 0
     for response in session.responses:
-        ours = urllib.parse.urlsplit(response.url).path.startswith("/mlsecrets/")
+        ours = urllib.parse.urlsplit(response.url).path.startswith(f"{PREFIX}/mlsecrets/")
         assert not (ours and response.lost), f"the body of {response.url} was not checked"
         assert not (ours and response.status >= 500 and "/v1/insight/activity" not in
                     response.url), f"{response.url} failed: {response.body!r}"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -73,7 +75,7 @@ def test_the_plugin_puts_the_console_in_airflows_navigation() -> None:
 
     [view] = MLSecretsPlugin.external_views
     parsed = ExternalViewResponse.model_validate(view)
-    assert parsed.href == "/mlsecrets/console/"
+    assert parsed.href == "mlsecrets/console/"  # relative: see the test below
     assert parsed.destination == "nav" and parsed.url_route == "secrets"
     [spec] = MLSecretsPlugin.fastapi_apps
     assert spec["url_prefix"] == "/mlsecrets"
@@ -99,6 +101,46 @@ def test_the_page_comes_through_the_mounted_app_without_the_vaults_headers() -> 
     schema = client.get("/mlsecrets/v1/openapi.json")
     assert schema.headers["content-security-policy"].startswith("default-src 'none'")
     assert schema.headers["x-frame-options"] == "DENY"
+
+
+def test_airflows_page_resolves_relative_plugin_urls_against_its_base_url() -> None:
+    """What the relative nav entry relies on: Airflow's UI page sets ``<base href>`` to the
+    path of ``[api] base_url``, and frames the entry's ``href`` as given."""
+    import airflow
+
+    page = (Path(airflow.__file__).parent / "ui" / "dist" / "index.html").read_text()
+    assert '<base href="{{ backend_server_base_url }}"' in page
+
+
+@pytest.mark.parametrize("prefix", ["", "/airflow", "/team/airflow"])
+def test_the_console_works_under_the_base_urls_path_prefix(prefix: str) -> None:
+    """Mounted as Airflow mounts it under ``[api] base_url = http://host{prefix}`` (its app's
+    ``root_path``): the nav entry, its icons, the page's assets and the vault's routes its
+    script calls (``../v1/`` from the page) all resolve under the prefix."""
+    from fastapi import FastAPI
+
+    from airflow_provider_mlsecrets.api.airflow_plugin import MLSecretsPlugin
+
+    [spec], [view] = MLSecretsPlugin.fastapi_apps, MLSecretsPlugin.external_views
+    parent = FastAPI(root_path=prefix)
+    parent.mount(spec["url_prefix"], spec["app"])
+    client = TestClient(parent, base_url="http://airflow.test")
+    base = f"http://airflow.test{prefix}/"  # Airflow's <base href>, for the nav and its frame
+    page_url = urljoin(base, view["href"])
+    assert page_url == f"http://airflow.test{prefix}/mlsecrets/console/"
+    page = client.get(page_url)
+    assert page.status_code == 200 and "<title>Secrets" in page.text
+    for icon in (view["icon"], view["icon_dark_mode"]):
+        got = client.get(urljoin(base, icon))
+        assert got.status_code == 200 and got.headers["content-type"].startswith("image/svg")
+    assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert assets and all(not a.startswith("/") for a in assets), assets
+    for asset in assets:
+        assert client.get(urljoin(page_url, asset)).status_code == 200, asset
+    script = (STATIC / "console.js").read_text()
+    assert 'new URL("../v1/", window.location.href)' in script
+    schema = client.get(urljoin(page_url, "../v1/openapi.json"))
+    assert schema.status_code == 200 and "/v1/insight/inventory" in schema.json()["paths"]
 
 
 Scope = MutableMapping[str, Any]
