@@ -19,11 +19,13 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 from airflow.secrets.base_secrets import BaseSecretsBackend
 
+from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets.errors import AccessDenied, InvalidInput, MLSecretsError, NotFound
 from airflow_provider_mlsecrets.injection.resolve import SECRET_KEY_PREFIX
 from airflow_provider_mlsecrets.masking import mask
@@ -197,6 +199,24 @@ class MLSecretsBackend(BaseSecretsBackend):
             return None  # an id the vault grammar cannot hold is not ours to serve
 
     def _lookup(self, kind: str, identifier: str, team_name: str | None = None) -> str | None:
+        """:meth:`_find`, measured (``mlsecrets.lookup``) when metrics are on."""
+        if not metrics.enabled():
+            return self._find(kind, identifier, team_name)
+        started, outcome = time.perf_counter(), "error"
+        try:
+            value = self._find(kind, identifier, team_name)
+            outcome = "not_found" if value is None else "found"
+            return value
+        except AirflowSecretsBackendAccessDenied as exc:
+            # _refuse raises from inside the handler of what the vault said (kept as context)
+            why = exc.__context__
+            outcome = ("denied" if isinstance(why, AccessDenied) else
+                       "not_found" if isinstance(why, NotFound) else "error")
+            raise
+        finally:
+            metrics.lookup(kind, outcome, time.perf_counter() - started)
+
+    def _find(self, kind: str, identifier: str, team_name: str | None = None) -> str | None:
         path = self.path_for(kind, identifier)
         if path is None:
             return None

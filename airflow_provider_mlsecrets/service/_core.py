@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, Row, bindparam, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets._process import disable_core_dumps
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit.record import (
@@ -193,6 +195,7 @@ class Core:
         on to the next source)."""
         base = _Base(action=action, path=path or "", request_id=str(uuid.uuid4()),
                      context=canonical_context(caller.context))
+        started, outcome = time.perf_counter(), Outcome.ERROR  # for metrics only
         session = Session(self.engine, expire_on_commit=False)
         try:
             with self.database_errors():
@@ -209,6 +212,7 @@ class Core:
                 with self.database_errors():
                     missing = absent(session)
                 if missing:
+                    outcome = Outcome.NOT_FOUND
                     session.rollback()
                     who = actor.name if actor else (caller.verified or (NOBODY,))[0]
                     self._record_alone(base, who, actor.role.value if actor else "",
@@ -216,6 +220,7 @@ class Core:
                                        f"nothing at {path} ({decision.reason})", version)
                     raise NotFound(f"no secret at {path}")
             if actor is None or not decision.allowed:
+                outcome = Outcome.DENIED
                 session.rollback()
                 self._record_alone(base, actor.name if actor else (caller.verified or (NOBODY,))[0],
                                    actor.role.value if actor else "", Outcome.DENIED,
@@ -241,9 +246,12 @@ class Core:
                 self._record_alone(base, actor.name, actor.role.value, outcome,
                                    _failure_reason(exc), op.version)
                 raise
+            outcome = op.outcome
             self.marks.after_commit(chain)
         finally:
             session.close()
+            metrics.operation(action, outcome.value, time.perf_counter() - started,
+                              caller.context)
 
     def record(self, action: str, principal: str, outcome: Outcome, reason: str,
                context: Mapping[str, ContextValue], path: str = "") -> None:
@@ -309,10 +317,13 @@ class Core:
     def _append(self, session: Session, base: _Base, principal: str, roles: str,
                 outcome: Outcome, reason: str, version: int | None) -> int:
         """Append the record; the chain it went to."""
-        return audit_log.append(session, self.keys, Entry(
+        started = time.perf_counter()
+        chain = audit_log.append(session, self.keys, Entry(
             ts=format_ts(utcnow()), principal=principal, roles=roles, action=base.action,
             path=base.path, version=version, outcome=outcome.value, reason=reason,
             request_id=base.request_id, context=base.context), self.vault_id(session))[0]
+        metrics.append(time.perf_counter() - started)
+        return chain
 
     def _record_alone(self, base: _Base, principal: str, roles: str, outcome: Outcome,
                       reason: str, version: int | None) -> None:

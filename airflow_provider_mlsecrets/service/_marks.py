@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets.audit import log as audit_log
 from airflow_provider_mlsecrets.audit import mark as hsm_mark
 from airflow_provider_mlsecrets.audit import verify as verification
@@ -55,6 +56,7 @@ class Marks:
                 return  # reported by verification; appends refuse it already
             previous = hsm_mark.read(core.keys, vault_id, chain)
             if previous is not None and (previous.seq, previous.hash) == (head.seq, head.hash):
+                _measure_age(chain, previous.at)
                 return
             if previous is None:
                 audit_log.check_head(c, core.keys, vault_id, chain, head.seq, head.hash)
@@ -67,3 +69,15 @@ class Marks:
                         chain=chain, seq=(report.first_bad or (chain, None))[1])
             hsm_mark.write(core.keys, vault_id, chain, head.seq, head.hash,
                            format_ts(datetime.now(timezone.utc)), previous)
+        metrics.gauge("mlsecrets.audit.mark.age", 0.0, {"chain": str(chain)})
+
+
+def _measure_age(chain: int, at: str) -> None:
+    """``mlsecrets.audit.mark.age``: seconds since the chain's mark last moved."""
+    if metrics.enabled():
+        try:
+            moved = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:  # authenticated, written by the vault: never so; not the path's
+            return
+        metrics.gauge("mlsecrets.audit.mark.age",
+                      (datetime.now(timezone.utc) - moved).total_seconds(), {"chain": str(chain)})

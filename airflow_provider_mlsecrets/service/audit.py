@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets.audit import anchor
 from airflow_provider_mlsecrets.audit import verify as verification
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
@@ -84,6 +86,22 @@ class AuditView:
         return str(c.get("component", ""))
 
 
+def _measure_verification(session: Session, ok: bool) -> None:
+    """``mlsecrets.audit.verification`` by result, and the verification lag: 0 after a
+    pass, else the time since the last pass (none yet: not emitted)."""
+    metrics.count("mlsecrets.audit.verification", {"outcome": "passed" if ok else "failed"})
+    if ok:
+        metrics.gauge("mlsecrets.audit.verification.lag", 0.0)
+        return
+    last = session.scalars(select(AuditRecord.ts).where(
+        AuditRecord.action == "audit.verify", AuditRecord.outcome == Outcome.ALLOWED.value,
+        AuditRecord.reason.contains("; ok,")).order_by(AuditRecord.ts.desc()).limit(1)).first()
+    if last is not None:
+        passed = datetime.fromisoformat(last.replace("Z", "+00:00"))
+        metrics.gauge("mlsecrets.audit.verification.lag",
+                      (utcnow() - passed).total_seconds())
+
+
 def _view(r: AuditRecord) -> AuditView:
     try:
         context = json.loads(r.context)
@@ -143,6 +161,8 @@ class AuditService:
                 if report.ok:
                     verification.advance_marks(self._core.keys, vault_id, report,
                                                format_ts(utcnow()))
+                if metrics.enabled():
+                    _measure_verification(op.session, report.ok)
                 op.reason += (f"; ok, {report.records} records" if report.ok
                               else f"; FAILED: {report.problems[0]}")
         except AuditChainBroken:

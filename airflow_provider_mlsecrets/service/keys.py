@@ -21,6 +21,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, func, select, true, update
 from sqlalchemy.orm import Session
 
+from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets.crypto.envelope import UNAUTHENTIC, Binding, Envelope, Sealed
 from airflow_provider_mlsecrets.errors import ConfigurationError, IntegrityError, KeyMissing
 from airflow_provider_mlsecrets.keys import KekId, kek_label
@@ -41,6 +42,9 @@ _RETIRED_KEYS = select(
 ).where(_VERSIONS.c.wrapped_key.is_not(None), _KEKS.c.state == KeyState.RETIRED.value
         ).order_by(_VERSIONS.c.id)
 # compare-and-set: a row that changed since it was read is left alone
+_PENDING = (select(func.count()).select_from(SecretVersion)
+            .join(Kek, Kek.label == SecretVersion.kek_id)
+            .where(SecretVersion.wrapped_key.is_not(None), Kek.state == KeyState.RETIRED.value))
 _MOVE_KEY = update(cast(Table, _VERSIONS)).where(
     _VERSIONS.c.id == bindparam("row"), _VERSIONS.c.kek_id == bindparam("old_kek"),
     _VERSIONS.c.wrapped_key == bindparam("old_key"),
@@ -64,11 +68,7 @@ class KeyService:
     def pending(self, caller: Caller) -> int:
         """How many data keys a retired KEK still wraps (what a rotation has left to do)."""
         with self._core.operation(caller, "key.pending", Capability.LIST) as op:
-            return int(op.session.execute(
-                select(func.count()).select_from(SecretVersion)
-                .join(Kek, Kek.label == SecretVersion.kek_id)
-                .where(SecretVersion.wrapped_key.is_not(None),
-                       Kek.state == KeyState.RETIRED.value)).scalar_one())
+            return int(op.session.execute(_PENDING).scalar_one())
 
     def rotate(self, caller: Caller, *, new_version: bool = True, disable: bool = True,
                progress: Progress | None = None) -> RotationReport:
@@ -146,6 +146,9 @@ class KeyService:
                              "new_kek": new.kek_id, "new_key": new.wrapped_key})
             if done:
                 op.session.connection().execute(_MOVE_KEY, done)
+            if metrics.enabled():  # what is left after this batch (a count only to measure)
+                metrics.gauge("mlsecrets.key.rewrap.remaining",
+                              float(op.session.execute(_PENDING).scalar_one()))
             op.reason += f"; {len(done)} data keys re-wrapped under {current}"
             if bad:
                 op.reason += "; did not authenticate, left as they were: " + ", ".join(bad)

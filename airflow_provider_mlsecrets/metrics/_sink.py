@@ -1,0 +1,162 @@
+"""Which of Airflow's stats singletons this process emits through, made ready off the
+audited path.
+
+Airflow 3.3 has two: the core one (``airflow._shared.observability.metrics.stats``), which
+the API server, scheduler, triggerer and DAG processor initialise from ``[metrics]``, and
+the Task SDK's (``airflow.sdk.observability.stats``), which the task runner initialises. A
+plain process (the ``mlsecrets`` CLI, ``airflow connections get``) initialises neither.
+The vault emits through whichever one the process initialised, core first, so it shares
+that process's StatsD socket or OpenTelemetry meter provider; where neither was, it
+initialises the Task SDK's from the same ``[metrics]`` settings.
+
+Metrics are off (every call returns at once) unless ``[metrics] statsd_on``, ``otel_on``
+or ``statsd_datadog_enabled`` is set, and in a process that has not imported Airflow (the
+vault never imports it, which takes seconds, only to emit). Building the backend can wait
+on the network (a StatsD host name is resolved when its client is created), so it is built
+on a daemon thread; until it is ready, emissions are dropped, never waited for. A failure
+to build or emit is logged once at debug (its type, never a value) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_OFF, _UNDECIDED, _WARMING, _READY = "off", "undecided", "warming", "ready"
+
+_state = _UNDECIDED
+_stats: ModuleType | None = None
+_thread: threading.Thread | None = None
+_failures = 0
+_ours = False  # this module initialised the Task SDK's singleton (again at a reset)
+_lock = threading.Lock()
+
+
+def ready() -> ModuleType | None:
+    """The stats module to emit through, or ``None`` (off, or not ready yet)."""
+    if _state is _READY:
+        return _stats
+    if _state is _OFF:
+        return None
+    _start()
+    return None
+
+
+def failed(exc: BaseException) -> None:
+    """Count a failure to emit; the first one is logged, at debug, by type only."""
+    global _failures
+    _failures += 1
+    if _failures == 1:
+        log.debug("mlsecrets: emitting a metric failed (%s); later failures are only counted",
+                  type(exc).__name__)
+
+
+def failures() -> int:
+    return _failures
+
+
+def wait(timeout: float) -> bool:
+    """Decide and, if metrics are on, wait up to ``timeout`` seconds for the backend (tests,
+    benchmarks, a short CLI command that must not lose its first metrics)."""
+    ready()
+    thread = _thread
+    if thread is not None:
+        thread.join(timeout)
+    return _state is _READY
+
+
+def reset() -> None:
+    """Read ``[metrics]`` again at the next emission (tests and benchmarks change it)."""
+    global _state, _stats, _thread
+    with _lock:
+        _state, _stats, _thread = _UNDECIDED, None, None
+
+
+
+def _start() -> None:
+    global _state, _thread
+    if "airflow" not in sys.modules:
+        return  # not an Airflow process (yet): importing Airflow takes seconds; ask again later
+    with _lock:
+        if _state is not _UNDECIDED:
+            return
+        module = _choose()
+        if module is None:
+            _state = _OFF
+            return
+        _state = _WARMING
+        _thread = threading.Thread(target=_warm, args=(module,), daemon=True,
+                                   name="mlsecrets-metrics")
+        _thread.start()
+
+
+def _warm(module: ModuleType) -> None:
+    """Build the backend (``timer`` with a name builds it and loads Airflow's metric
+    registry, and sends nothing until stopped), then publish the module."""
+    global _state, _stats
+    try:
+        module.timer("mlsecrets.ready")
+    except Exception as exc:  # a misconfigured backend: metrics off, the vault unaffected
+        failed(exc)
+        with _lock:
+            _state = _OFF
+        return
+    with _lock:
+        if _state is _WARMING:
+            _stats, _state = module, _READY
+
+
+def _choose() -> ModuleType | None:
+    try:
+        from airflow.sdk._shared.observability.metrics import stats as sdk_state
+        from airflow.sdk.configuration import conf
+        from airflow.sdk.observability import stats as sdk_stats
+        from airflow.sdk.observability.metrics import stats_utils
+
+        if not any(conf.getboolean("metrics", option, fallback=False)
+                   for option in ("statsd_on", "otel_on", "statsd_datadog_enabled")):
+            return None
+        core = _core_stats()
+        if core is not None and _initialised(core):
+            return core
+        global _ours
+        if _ours or not _initialised(sdk_state):
+            _ours = True
+            sdk_stats.initialize(factory=stats_utils.get_stats_factory(),
+                                 export_legacy_names=conf.getboolean(
+                                     "metrics", "legacy_names_on", fallback=False))
+        return sdk_stats
+    except Exception as exc:  # Airflow missing or unreadable configuration: off
+        failed(exc)
+        return None
+
+
+def _core_stats() -> ModuleType | None:
+    try:
+        from airflow._shared.observability.metrics import stats
+    except ImportError:  # a worker with the Task SDK only
+        return None
+    return stats
+
+
+def _initialised(module: ModuleType) -> bool:
+    # Airflow keeps the factory its process configured in a module global; no public reader
+    factory: Any = getattr(module, "_factory", None)
+    return factory is not None
+
+
+def _after_fork() -> None:
+    """Airflow drops its backend in a forked child; build it again there, off the path."""
+    global _state, _thread, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    if _state is _READY or _state is _WARMING:
+        _state, _thread = _UNDECIDED, None
+
+
+os.register_at_fork(after_in_child=_after_fork)
