@@ -31,6 +31,9 @@ DEFAULT_DATA_KEY_CACHE_TTL = 60
 DEFAULT_DATA_KEY_CACHE_USES = 1000
 DEFAULT_AUDIT_MARK_INTERVAL = 60
 DEFAULT_AUDIT_MIN_RETENTION = "30d"
+DEFAULT_ALERT_INTERVAL = 30
+DEFAULT_BREAK_GLASS_MAX_WINDOW = "1h"
+DEFAULT_BREAK_GLASS_REQUEST_TTL = "24h"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 
 # setting name -> environment variable (and config.json key)
@@ -56,6 +59,10 @@ ENVIRONMENT = {
     "audit_mark_interval": "MLSECRETS_AUDIT_MARK_INTERVAL",
     "audit_min_retention": "MLSECRETS_AUDIT_MIN_RETENTION",
     "audit_checkpoint_url": "MLSECRETS_AUDIT_CHECKPOINT_URL",
+    "alert_rules": "MLSECRETS_ALERT_RULES",
+    "alert_interval": "MLSECRETS_ALERT_INTERVAL",
+    "break_glass_max_window": "MLSECRETS_BREAK_GLASS_MAX_WINDOW",
+    "break_glass_request_ttl": "MLSECRETS_BREAK_GLASS_REQUEST_TTL",
 }
 
 
@@ -85,6 +92,13 @@ class Settings:
     audit_mark_interval: int = DEFAULT_AUDIT_MARK_INTERVAL
     audit_min_retention: str = DEFAULT_AUDIT_MIN_RETENTION
     audit_checkpoint_url: str | None = None
+    # the alert rules and notifiers (docs/alerts.md), and how often the vault process
+    # evaluates them at the least (0: only when asked, by the maintenance DAG or the CLI)
+    alert_rules: Path | None = None
+    alert_interval: int = DEFAULT_ALERT_INTERVAL
+    # how long an approved break-glass read may stay open, and a request await approval
+    break_glass_max_window: str = DEFAULT_BREAK_GLASS_MAX_WINDOW
+    break_glass_request_ttl: str = DEFAULT_BREAK_GLASS_REQUEST_TTL
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -122,10 +136,18 @@ class Settings:
         if not 0 <= self.audit_mark_interval <= 86_400:
             raise ConfigurationError("MLSECRETS_AUDIT_MARK_INTERVAL must be between 0 (after "
                                      "every append) and 86400 seconds")
+        if not 0 <= self.alert_interval <= 86_400:
+            raise ConfigurationError("MLSECRETS_ALERT_INTERVAL must be between 0 (no background "
+                                     "evaluation) and 86400 seconds")
         try:
             self.min_audit_retention()
         except InvalidInput as exc:
             raise ConfigurationError(f"MLSECRETS_AUDIT_MIN_RETENTION: {exc}") from None
+        for name in ("break_glass_max_window", "break_glass_request_ttl"):
+            try:
+                parse_duration(getattr(self, name))
+            except InvalidInput as exc:
+                raise ConfigurationError(f"{ENVIRONMENT[name]}: {exc}") from None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,
@@ -148,16 +170,17 @@ class Settings:
         kwargs["db_url"] = raw["db_url"] or f"sqlite:///{home / 'vault.db'}"
         for name in ("pkcs11_module", "pkcs11_pin", "token", "url", "audit_checkpoint_url"):
             kwargs[name] = raw[name]
-        for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file", "ca_file"):
+        for name in ("pkcs11_pin_file", "softhsm2_conf", "token_file", "ca_file", "alert_rules"):
             kwargs[name] = _resolve(home, raw[name])
-        for name in ("pkcs11_token", "key_prefix", "audit_min_retention"):
+        for name in ("pkcs11_token", "key_prefix", "audit_min_retention",
+                     "break_glass_max_window", "break_glass_request_ttl"):
             if raw[name]:
                 kwargs[name] = raw[name]
         if raw["trusted_proxies"]:
             kwargs["trusted_proxies"] = tuple(
                 p.strip() for p in raw["trusted_proxies"].split(",") if p.strip())
         for name in ("max_value_bytes", "max_versions", "rotation_lease", "data_key_cache_ttl",
-                     "data_key_cache_uses", "audit_mark_interval"):
+                     "data_key_cache_uses", "audit_mark_interval", "alert_interval"):
             value = raw[name]
             if value:
                 kwargs[name] = _integer(ENVIRONMENT[name], value)

@@ -75,7 +75,7 @@ def worker(n: int, settings: Settings, tokens: dict[str, str], threads: int, sec
             path = rng.choice(WRITTEN + ROTATED) if kind != "write" else rng.choice(WRITTEN)
             try:
                 if kind == "read":
-                    value = vault.secrets.read(callers["reader"], path)
+                    value = vault.secrets.read(callers["reader"], path, reason="in a test")
                 elif kind == "inject":
                     value = vault.secrets.inject(callers["injector"], path)
                 else:
@@ -176,7 +176,8 @@ def check(vault: Vault, admin: Caller, tallies: list[Tally], rotated: Counter[st
             if info.state == "destroyed":
                 continue
             try:
-                held[path][info.version] = digest(vault.secrets.read(admin, path, info.version))
+                held[path][info.version] = digest(vault.secrets.read(admin, path, info.version,
+                        reason="in a test"))
             except MLSecretsError:
                 undecryptable += 1
     wrong = sum(1 for path, value in seen if value not in held[path].values())

@@ -36,7 +36,8 @@ def test_airflow_lists_the_hook_connection_type_backend_and_cli(airflow_env: Air
     status = airflow_env.run("mlsecrets", "status", "--json", **admin_env(airflow_env))
     assert status.returncode == 0, status.stderr[-2000:]
     assert json.loads(status.stdout)["you"] == "admin (security_engineer)"
-    denied = airflow_env.run("mlsecrets", "secret", "get", "variables/model_registry_url",
+    denied = airflow_env.run("mlsecrets", "secret", "get", "--reason", "in a test",
+            "variables/model_registry_url",
                              MLSECRETS_TOKEN_FILE=str(airflow_env.pipeline_token))
     assert denied.returncode == 3
 
@@ -83,7 +84,8 @@ def test_import_airflow_copies_reads_back_and_only_then_deletes(airflow_env: Air
     assert results["legacy_flag"] == "copied; deleted from the metastore"
     assert "old-canary-pw" not in real.stdout + real.stderr
     vault = airflow_env.vault
-    assert vault.secrets.read(airflow_env.admin, "variables/legacy_flag") == b"on-canary"
+    assert vault.secrets.read(airflow_env.admin, "variables/legacy_flag",
+            reason="in a test") == b"on-canary"
     # the metastore no longer has them; the backend serves them from the vault
     vault.access.grant(airflow_env.admin, "airflow-pipeline", "connections/legacy_db",
                        ["inject"])
@@ -106,7 +108,7 @@ def test_the_hook_in_a_task_process(airflow_env: AirflowEnv, tmp_path: Path) -> 
               [s.path for s in hook.list("variables/")][:1],
               [v.version for v in hook.versions("variables/model_registry_url")])
         try:
-            hook.read("variables/model_registry_url")
+            hook.read("variables/model_registry_url", reason="in a test")
         except Exception as exc:
             print(type(exc).__name__)
     """))

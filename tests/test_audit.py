@@ -202,7 +202,7 @@ def test_filters_for_forensic_work(env: Env) -> None:
     etl = env.principal("etl", "pipeline", ("ml/**", ["inject"]))
     env.vault.secrets.inject(etl, "ml/s1")
     with pytest.raises(AccessDenied):
-        env.vault.secrets.read(etl, "ml/s0")
+        env.vault.secrets.read(etl, "ml/s0", reason="in a test")
     denied = env.vault.audit.tail(env.admin, 50, AuditFilter(principal="etl", outcome="denied"))
     assert [(r.action, r.path) for r in denied] == [("secret.read", "ml/s0")]
     assert [r.path for r in env.vault.audit.export(env.admin, AuditFilter(action="secret.inject"))
@@ -273,7 +273,8 @@ def test_an_append_takes_another_chain_while_chain_1_is_held(env: Env) -> None:
     try:
         holder.begin()
         holder.execute(text("SELECT seq FROM mlsecrets_audit_head WHERE chain = 1 FOR UPDATE"))
-        assert env.vault.secrets.read(env.admin, "ml/key") == b"v"  # does not wait for it
+        # does not wait for it
+        assert env.vault.secrets.read(env.admin, "ml/key", reason="in a test") == b"v"
     finally:
         holder.rollback()
         holder.close()
@@ -290,7 +291,7 @@ def test_concurrent_writers_spread_over_chains_and_the_trail_verifies(env: Env) 
     def lookups() -> None:
         for _ in range(15):
             try:
-                env.vault.secrets.read(env.admin, "ml/s0")
+                env.vault.secrets.read(env.admin, "ml/s0", reason="in a test")
             except Exception as exc:
                 errors.append(repr(exc))
 
@@ -354,7 +355,8 @@ def test_a_verification_that_stops_early_while_batches_are_prefetched_returns(
         worker.join(timeout=60)
         assert not worker.is_alive(), "verification hung"
     assert outcome == [3, 3]
-    assert env.vault.secrets.read(env.admin, "ml/s0") == b"value-0"  # nothing left locked
+    # nothing left locked
+    assert env.vault.secrets.read(env.admin, "ml/s0", reason="in a test") == b"value-0"
     assert [t.name for t in threading.enumerate() if t.name == "mlsecrets-audit-fetch"] == []
 
 
@@ -363,7 +365,7 @@ def test_a_planted_chain_takes_no_record_and_is_reported(env: Env) -> None:
     with engine_for(env.settings.db_url).begin() as c:
         c.execute(text("INSERT INTO mlsecrets_audit_head (chain, seq, hash) VALUES "
                        "(0, 0, :h)"), {"h": genesis(vault_id(env), 0)})
-    env.vault.secrets.read(env.admin, "ml/s0")
+    env.vault.secrets.read(env.admin, "ml/s0", reason="in a test")
     assert chain_of(env, "secret.read") == [1]
     with pytest.raises(AuditChainBroken, match="chain 0 is not one of the vault's chains"):
         env.vault.audit.verify(env.admin)

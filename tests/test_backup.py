@@ -62,12 +62,12 @@ def test_a_backup_restored_into_an_empty_postgres_reads_back_every_secret(
         info = restored.backups.restore(backup, accept_rollback=True)  # its own record
         assert info.audit_ok and info.rows["mlsecrets_secrets"] == len(VALUES) + 2
         for path, value in VALUES.items():
-            assert restored.secrets.read(env.admin, path) == value
-        assert restored.secrets.read(env.admin, "ml/rotated") == NEW
+            assert restored.secrets.read(env.admin, path, reason="in a test") == value
+        assert restored.secrets.read(env.admin, "ml/rotated", reason="in a test") == NEW
         with pytest.raises(NotFound, match="destroyed"):
-            restored.secrets.read(env.admin, "ml/rotated", 1)
+            restored.secrets.read(env.admin, "ml/rotated", 1, reason="in a test")
         with pytest.raises(NotFound, match="deleted"):
-            restored.secrets.read(env.admin, "ml/gone")
+            restored.secrets.read(env.admin, "ml/gone", reason="in a test")
         # the policy came along: the pipeline's token works, and only where it was granted
         assert restored.secrets.inject(etl, "ml/team0/key0") == VALUES["ml/team0/key0"]
         with pytest.raises(AccessDenied):
@@ -75,7 +75,7 @@ def test_a_backup_restored_into_an_empty_postgres_reads_back_every_secret(
         # new rows get fresh ids after explicit ones (PostgreSQL sequences moved on)
         restored.secrets.put(env.admin, "ml/after-restore", b"fresh")
         restored.access.create_principal(env.admin, "after", "viewer")
-        assert restored.secrets.read(env.admin, "ml/after-restore") == b"fresh"
+        assert restored.secrets.read(env.admin, "ml/after-restore", reason="in a test") == b"fresh"
         report = restored.audit.verify(env.admin, all_seals=True)
         assert report.ok and report.records > info.audit_records - 1
         actions = [r.action for r in restored.audit.tail(env.admin, 50)]
@@ -88,7 +88,7 @@ def test_a_backup_restores_into_sqlite_too(env: Env, tmp_path: Path) -> None:
     restored = Vault(dataclasses.replace(
         env.settings, db_url=f"sqlite:///{tmp_path / 'restored.db'}"))
     restored.backups.restore(backup, accept_rollback=True)
-    assert {p: restored.secrets.read(env.admin, p) for p in VALUES} == VALUES
+    assert {p: restored.secrets.read(env.admin, p, reason="in a test") for p in VALUES} == VALUES
 
 
 def test_a_changed_backup_is_refused_before_anything_is_written(env: Env,

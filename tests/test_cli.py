@@ -68,16 +68,17 @@ def test_init_is_idempotent_and_files_are_private(cli: Cli) -> None:
 
 def test_put_get_round_trip_from_every_source(cli: Cli, tmp_path: Path) -> None:
     cli.ok("secret", "put", "cli/stdin", "--stdin", stdin=CANARY)
-    assert cli.ok("secret", "get", "cli/stdin").encode() == CANARY
+    assert cli.ok("secret", "get", "--reason", "in a test", "cli/stdin").encode() == CANARY
     value_file = tmp_path / "v"
     value_file.write_bytes(b"from-a-file\n")
     cli.ok("secret", "put", "cli/file", "--value-file", str(value_file))
-    assert cli("secret", "get", "cli/file").stdout == b"from-a-file\n"
+    assert cli("secret", "get", "--reason", "in a test", "cli/file").stdout == b"from-a-file\n"
     out = json.loads(cli.ok("secret", "put", "cli/gen", "--generate", "40", "--json"))
     assert out["version"] == 1
-    generated = cli("secret", "get", "cli/gen").stdout
+    generated = cli("secret", "get", "--reason", "in a test", "cli/gen").stdout
     assert len(generated) == 40 and generated.isalnum()
-    assert json.loads(cli.ok("secret", "get", "cli/stdin", "--json"))["value"] == CANARY.decode()
+    assert json.loads(cli.ok("secret", "get", "--reason", "in a test", "cli/stdin",
+            "--json"))["value"] == CANARY.decode()
 
 
 def test_a_value_is_never_taken_from_the_command_line(cli: Cli) -> None:
@@ -87,8 +88,9 @@ def test_a_value_is_never_taken_from_the_command_line(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["secret", "get", "../etc/passwd"], 2, b"segments joined by '/'"),
-    (["secret", "get", "no/such/secret"], 4, b"no secret at no/such/secret"),
+    (["secret", "get", "--reason", "in a test", "../etc/passwd"], 2, b"segments joined by '/'"),
+    (["secret", "get", "--reason", "in a test", "no/such/secret"], 4,
+            b"no secret at no/such/secret"),
     (["secret", "destroy", "cli/stdin"], 2, b"--version"),
     (["grant", "admin", "a/**", "fly"], 2, b"unknown capability"),
     (["secret", "put", "cli/big", "--generate", "999999"], 2, b"--generate"),
@@ -102,7 +104,7 @@ def test_exit_codes_and_messages(cli: Cli, args: list[str], code: int, message: 
 def test_oversize_values_are_refused(cli: Cli) -> None:
     result = cli("secret", "put", "cli/big", "--stdin", stdin=b"x" * (64 * 1024 + 1))
     assert result.returncode == 2 and b"over the limit of 65536" in result.stderr
-    assert cli("secret", "get", "cli/big").returncode == 4
+    assert cli("secret", "get", "--reason", "in a test", "cli/big").returncode == 4
 
 
 def test_roles_bad_tokens_and_the_denied_record(cli: Cli, tmp_path: Path) -> None:
@@ -111,12 +113,14 @@ def test_roles_bad_tokens_and_the_denied_record(cli: Cli, tmp_path: Path) -> Non
     pipeline = cli.token_for("pipe1", "pipeline")
     cli.ok("grant", "pipe1", "ml/**", "inject")
     for token in (viewer, pipeline):
-        result = cli("secret", "get", "ml/train/key", token_file=token)
+        result = cli("secret", "get", "--reason", "in a test", "ml/train/key", token_file=token)
         assert result.returncode == 3 and result.stdout == b""
     bad = tmp_path / "bad.token"
     bad.write_text("mls_" + "x" * 43)
-    assert cli("secret", "get", "ml/train/key", token_file=bad).returncode == 3
-    assert cli("secret", "get", "ml/train/key", token_file=tmp_path / "missing").returncode == 1
+    assert cli("secret", "get", "--reason", "in a test", "ml/train/key",
+            token_file=bad).returncode == 3
+    assert cli("secret", "get", "--reason", "in a test", "ml/train/key",
+            token_file=tmp_path / "missing").returncode == 1
     tail = json.loads(cli.ok("audit", "tail", "-n", "200", "--outcome", "denied", "--json"))
     assert {(r["principal"], r["action"], r["path"]) for r in tail} >= {
         ("viewer1", "secret.read", "ml/train/key"), ("pipe1", "secret.read", "ml/train/key"),
@@ -142,7 +146,7 @@ def test_swapped_ciphertexts_exit_5(cli: Cli) -> None:
     db.commit()
     db.close()
     for path in ("swap/a", "swap/b"):
-        result = cli("secret", "get", path)
+        result = cli("secret", "get", "--reason", "in a test", path)
         assert result.returncode == 5 and result.stdout == b""
         assert b"could not be authenticated" in result.stderr
 
@@ -150,7 +154,7 @@ def test_swapped_ciphertexts_exit_5(cli: Cli) -> None:
 def test_the_canary_is_nowhere_on_disk_or_in_output(cli: Cli) -> None:
     result = cli("secret", "put", "canary/x", "--stdin", stdin=CANARY)
     assert CANARY not in result.stdout + result.stderr
-    cli.ok("secret", "get", "canary/x")
+    cli.ok("secret", "get", "--reason", "in a test", "canary/x")
     cli.ok("audit", "export")
     for path in cli.home.rglob("*"):
         if path.is_file():
@@ -191,7 +195,7 @@ def test_eight_cli_processes_at_the_same_moment(tmp_path: Path) -> None:
         put = cli("secret", "put", f"par/s{i}", "--stdin", stdin=value)
         if put.returncode != 0:
             return put.returncode, put.stderr
-        got = cli("secret", "get", f"par/s{i}")
+        got = cli("secret", "get", "--reason", "in a test", f"par/s{i}")
         return got.returncode, got.stdout if got.returncode == 0 else got.stderr
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -223,7 +227,8 @@ def test_key_rotate_through_the_cli(tmp_path: Path) -> None:
     keys = {k["label"]: k for k in json.loads(cli.ok("key", "list", "--json"))}
     assert keys["mlsecrets-kek-1"]["state"] == "disabled"
     assert keys["mlsecrets-kek-2"]["versions_wrapped"] == 3
-    assert [cli.ok("secret", "get", f"k/s{i}") for i in range(3)] == ["v0", "v1", "v2"]
+    assert [cli.ok("secret", "get", "--reason", "in a test",
+            f"k/s{i}") for i in range(3)] == ["v0", "v1", "v2"]
 
 
 def test_a_failed_init_leaves_no_token_file(tmp_path: Path) -> None:
@@ -265,4 +270,4 @@ def test_an_empty_value_needs_allow_empty(cli: Cli) -> None:
     refused = cli("secret", "put", "ml/blank", "--stdin", stdin=b"")
     assert refused.returncode == 2 and b"--allow-empty" in refused.stderr
     cli.ok("secret", "put", "ml/blank", "--stdin", "--allow-empty", stdin=b"")
-    assert cli.ok("secret", "get", "ml/blank") in ("", "\n")
+    assert cli.ok("secret", "get", "--reason", "in a test", "ml/blank") in ("", "\n")

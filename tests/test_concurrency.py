@@ -18,9 +18,10 @@ def _work(vault: Vault, admin: Caller, worker: str) -> list[str]:
         value = f"{worker}-value-{i}".encode()
         try:
             info = vault.secrets.put(admin, f"conc/{worker}", value)
-            if vault.secrets.read(admin, f"conc/{worker}") != value:
+            if vault.secrets.read(admin, f"conc/{worker}", reason="in a test") != value:
                 problems.append(f"{worker}: wrong value at round {i}")
-            if vault.secrets.read(admin, f"conc/{worker}", info.version) != value:
+            if vault.secrets.read(admin, f"conc/{worker}", info.version,
+                    reason="in a test") != value:
                 problems.append(f"{worker}: wrong version value at round {i}")
         except Exception as exc:
             problems.append(f"{worker}: {type(exc).__name__}: {exc}")
@@ -43,7 +44,7 @@ def test_four_forked_processes_after_the_parent_used_the_vault(env: Env) -> None
     env.vault.secrets.put(env.admin, "conc/parent", b"parent")  # HSM session and engine open
     results = run_forked(_work, [(env.vault, env.admin, f"p{n}") for n in range(4)])
     assert results == [[]] * 4
-    assert env.vault.secrets.read(env.admin, "conc/parent") == b"parent"
+    assert env.vault.secrets.read(env.admin, "conc/parent", reason="in a test") == b"parent"
     assert env.vault.audit.verify(env.admin).records == 2 + 4 * ROUNDS * 3 + 1
 
 
@@ -53,7 +54,7 @@ def _lookups(vault: Vault, admin: Caller, worker: str) -> list[str]:
     problems = []
     for i in range(40):
         try:
-            vault.secrets.read(admin, "conc/shared")
+            vault.secrets.read(admin, "conc/shared", reason="in a test")
         except Exception as exc:
             problems.append(f"{worker} at {i}: {type(exc).__name__}: {exc}")
     return problems

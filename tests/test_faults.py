@@ -75,7 +75,7 @@ def test_a_connection_killed_mid_write_leaves_no_partial_version(env: Env,
     assert env.vault.audit.verify(env.admin, all_seals=True).ok
     # the client retries on the same vault object: the pool replaced the dead connection
     env.vault.secrets.put(env.admin, "ml/key", b"v2")
-    assert env.vault.secrets.read(env.admin, "ml/key") == b"v2"
+    assert env.vault.secrets.read(env.admin, "ml/key", reason="in a test") == b"v2"
     assert versions_of(env, "ml/key") == [1, 2]
 
 
@@ -85,9 +85,10 @@ def test_a_connection_killed_mid_lookup_returns_no_value(env: Env) -> None:
     env.vault.secrets.put(env.admin, "ml/key", b"secret-value")
     with kill_backend_at(env, "INSERT INTO mlsecrets_audit ") as killed, \
             pytest.raises(MLSecretsError) as failure:
-        env.vault.secrets.read(env.admin, "ml/key")  # the value was decrypted, then lost
+        # the value was decrypted, then lost
+        env.vault.secrets.read(env.admin, "ml/key", reason="in a test")
     assert killed and "secret-value" not in str(failure.value)
-    assert env.vault.secrets.read(env.admin, "ml/key") == b"secret-value"
+    assert env.vault.secrets.read(env.admin, "ml/key", reason="in a test") == b"secret-value"
     assert env.vault.audit.verify(env.admin).ok
 
 
@@ -109,12 +110,12 @@ def test_a_full_sqlite_database_fails_writes_cleanly_and_corrupts_nothing(env: E
             env.vault.secrets.put(env.admin, "ml/big", b"x" * 60_000)
         assert versions_of(env, "ml/big") == []
         # lookups go on while their audit records still fit ...
-        assert env.vault.secrets.read(env.admin, "ml/small") == b"small-value"
+        assert env.vault.secrets.read(env.admin, "ml/small", reason="in a test") == b"small-value"
         # ... and once nothing fits, they fail closed: no record, no value
         outcome: BaseException | None = None
         for _ in range(2000):
             try:
-                env.vault.secrets.read(env.admin, "ml/small")
+                env.vault.secrets.read(env.admin, "ml/small", reason="in a test")
             except MLSecretsError as exc:
                 outcome = exc
                 break
@@ -127,7 +128,7 @@ def test_a_full_sqlite_database_fails_writes_cleanly_and_corrupts_nothing(env: E
         assert c.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
     # space again: everything works and the trail is whole
     env.vault.secrets.put(env.admin, "ml/big", b"x" * 60_000)
-    assert env.vault.secrets.read(env.admin, "ml/small") == b"small-value"
+    assert env.vault.secrets.read(env.admin, "ml/small", reason="in a test") == b"small-value"
     assert env.vault.audit.verify(env.admin, all_seals=True).ok
 
 
@@ -139,11 +140,13 @@ def test_the_vault_carries_on_across_a_database_restart(hsm: DevToken, tmp_path:
     vault = Vault(make_settings(hsm, tmp_path, url))
     admin = Caller(vault.initialise().admin_token)
     vault.secrets.put(admin, "ml/key", b"before-restart")
-    assert vault.secrets.read(admin, "ml/key") == b"before-restart"  # the pool holds connections
+    # the pool holds connections
+    assert vault.secrets.read(admin, "ml/key", reason="in a test") == b"before-restart"
     own_postgres.restart()  # every pooled connection is now dead
-    assert vault.secrets.read(admin, "ml/key") == b"before-restart"  # no error, no restart
+    # no error, no restart
+    assert vault.secrets.read(admin, "ml/key", reason="in a test") == b"before-restart"
     vault.secrets.put(admin, "ml/key", b"after-restart")
-    assert vault.secrets.read(admin, "ml/key") == b"after-restart"
+    assert vault.secrets.read(admin, "ml/key", reason="in a test") == b"after-restart"
     report = vault.audit.verify(admin, all_seals=True)
     assert report.ok and report.records == 6  # init, put, read, read, put, read
     engine_for(url).dispose()

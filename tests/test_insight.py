@@ -320,6 +320,34 @@ def test_only_auditors_and_engineers_see_more_than_the_inventory(scene: Scene) -
         "insight.reach", "insight.age"}
 
 
+def test_the_console_asks_which_views_it_may_show_without_a_denial(scene: Scene) -> None:
+    """``me`` decides as the views decide (``audit`` on every path), is allowed to any
+    principal, and says so in its record; a deny of ``audit`` anywhere leaves the inventory."""
+    env = scene.env
+    insight, access = env.vault.insight, env.vault.access
+    viewer = insight.me(scene.viewer)
+    assert (viewer.principal, viewer.role, viewer.audit, viewer.views) == (
+        "view", "viewer", False, ("inventory",))
+    record = last_record(env, "insight.me")
+    assert record.principal == "view" and record.outcome == "allowed"
+    assert record.reason.endswith("audit: no")
+    for who in (scene.auditor, env.admin):
+        assert insight.me(who).audit is True
+        assert insight.me(who).views == ("overview", "inventory", "principals", "rotation",
+                                         "audit", "keys")
+    assert insight.me(scene.pipe).views == ("inventory",)
+    access.grant(env.admin, "aud", "teams/**", ["audit"], deny=True)
+    assert insight.me(scene.auditor).audit is False
+    with pytest.raises(AccessDenied):
+        insight.keys(scene.auditor)  # the view refuses exactly what me says
+    with pytest.raises(AccessDenied):
+        insight.me(Caller("mls_" + "C" * 43))
+    with TestClient(create_app(lambda: env.settings)) as client:
+        assert get(client, "me", scene.viewer) == (200, {
+            "principal": "view", "role": "viewer", "audit": False, "views": ["inventory"]})
+        assert get(client, "me", Caller("mls_" + "C" * 43))[0] == 401
+
+
 def test_principals_and_the_last_use_of_each_grant(scene: Scene) -> None:
     insight = scene.env.vault.insight
     rows = {r.name: r for r in insight.principals(scene.auditor)}

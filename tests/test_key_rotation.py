@@ -53,7 +53,7 @@ def test_rotation_rewraps_everything_without_touching_a_payload(env: Env) -> Non
     assert {i: p[:2] for i, p in after.items()} == {i: p[:2] for i, p in before.items()}
     assert {p[2] for p in after.values()} == {f"{prefix}-kek-2"}
     for path, value in values.items():
-        assert env.vault.secrets.read(env.admin, path) == value
+        assert env.vault.secrets.read(env.admin, path, reason="in a test") == value
     keys = {k.label: k for k in env.vault.key_list(env.admin)}
     assert (keys[f"{prefix}-kek-1"].state, keys[f"{prefix}-kek-1"].versions_wrapped) == (
         "disabled", 0)
@@ -88,7 +88,7 @@ def test_an_interrupted_rotation_resumes_and_reads_never_fail(env: Env,
     # the first batch committed, the second rolled back whole: nothing half-written
     assert env.vault.keys.pending(env.admin) == len(payloads(env)) - 7
     for path, value in values.items():  # retired and current keys both still serve reads
-        assert env.vault.secrets.read(env.admin, path) == value
+        assert env.vault.secrets.read(env.admin, path, reason="in a test") == value
     monkeypatch.setattr(Envelope, "rewrap", real)
     errors: list[str] = []
     stop = threading.Event()
@@ -97,7 +97,7 @@ def test_an_interrupted_rotation_resumes_and_reads_never_fail(env: Env,
         while not stop.is_set():
             for path, value in list(values.items())[:10]:
                 try:
-                    if env.vault.secrets.read(env.admin, path) != value:
+                    if env.vault.secrets.read(env.admin, path, reason="in a test") != value:
                         errors.append(f"wrong value at {path}")
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
@@ -121,7 +121,7 @@ def test_a_row_pointed_at_a_disabled_key_is_refused(env: Env) -> None:
         session.execute(text("UPDATE mlsecrets_secret_versions SET kek_id = :old"),
                         {"old": f"{env.settings.key_prefix}-kek-1"})
     with pytest.raises(IntegrityError):
-        env.vault.secrets.read(env.admin, "rot/x")
+        env.vault.secrets.read(env.admin, "rot/x", reason="in a test")
 
 
 def _seed(env: Env, count: int) -> dict[str, bytes]:
@@ -164,7 +164,7 @@ def _read_until(env: Env, values: dict[str, bytes], stop_file: str) -> list[str]
     while not os.path.exists(stop_file) and reads < 5000:
         path = random.choice(paths)
         try:
-            if vault.secrets.read(env.admin, path) != values[path]:
+            if vault.secrets.read(env.admin, path, reason="in a test") != values[path]:
                 problems.append(f"wrong value at {path}")
         except Exception as exc:
             problems.append(f"{type(exc).__name__}: {exc}")
@@ -193,7 +193,7 @@ def test_rotating_ten_thousand_data_keys_while_another_process_reads(env: Env,
     assert problems == []
     assert report.rewrapped == 10_000 and env.vault.keys.pending(env.admin) == 0
     for path in list(values)[::997]:
-        assert env.vault.secrets.read(env.admin, path) == values[path]
+        assert env.vault.secrets.read(env.admin, path, reason="in a test") == values[path]
 
 
 def test_a_damaged_data_key_is_set_aside_and_the_rest_rotates(env: Env) -> None:
@@ -205,7 +205,7 @@ def test_a_damaged_data_key_is_set_aside_and_the_rest_rotates(env: Env) -> None:
         row.wrapped_key = bytes([row.wrapped_key[0] ^ 1]) + row.wrapped_key[1:]
     report = env.vault.keys.rotate(env.admin)
     assert (report.rewrapped, report.failed, report.disabled) == (1, ["rot/bad v1"], [])
-    assert env.vault.secrets.read(env.admin, "rot/good") == b"good"
+    assert env.vault.secrets.read(env.admin, "rot/good", reason="in a test") == b"good"
     prefix = env.settings.key_prefix
     states = {k.label: k.state for k in env.vault.key_list(env.admin)}
     assert states[f"{prefix}-kek-1"] == "retired"  # still referenced: stays enabled
@@ -226,7 +226,7 @@ def test_keep_retired_leaves_sealed_values_working_and_disabled_rows_are_never_r
                         {"old": f"{env.settings.key_prefix}-kek-1"})
     assert env.vault.keys.rotate(env.admin, new_version=False).rewrapped == 0
     with pytest.raises(IntegrityError):
-        env.vault.secrets.read(env.admin, "rot/x")
+        env.vault.secrets.read(env.admin, "rot/x", reason="in a test")
 
 
 def test_reseal_moves_a_sealed_value_to_the_current_key(env: Env) -> None:
@@ -286,5 +286,5 @@ def test_a_key_rotation_killed_at_each_step_is_finished_by_the_next_run(env: Env
     assert states == {f"{prefix}-kek-1": "disabled", f"{prefix}-kek-2": "current"}
     assert {kek for _n, _c, kek in payloads(env).values()} == {f"{prefix}-kek-2"}
     for path, value in values.items():
-        assert vault.secrets.read(env.admin, path) == value
+        assert vault.secrets.read(env.admin, path, reason="in a test") == value
     assert vault.audit.verify(env.admin, all_seals=True).ok

@@ -64,9 +64,10 @@ def test_no_surface_writes_a_canary_anywhere(airflow_env: AirflowEnv, tmp_path: 
     #    checked and left out of the scan
     assert keep(cli("admin", "secret", "put", "leak/cli", "--stdin", stdin=CLI_VALUE)
                 ).returncode == 0
-    assert keep(cli("pipeline", "secret", "get", "leak/cli")).returncode == 3
+    assert keep(cli("pipeline", "secret", "get", "--reason", "in a test",
+            "leak/cli")).returncode == 3
     assert keep(cli("admin", "audit", "export")).returncode == 0
-    assert cli("admin", "secret", "get", "leak/cli").stdout == CLI_VALUE
+    assert cli("admin", "secret", "get", "--reason", "in a test", "leak/cli").stdout == CLI_VALUE
 
     # 2.-3. the backend and hook (a task that prints what it got), the injection operator
     #       and decorator (tasks that print, return and raise their values)
@@ -100,7 +101,7 @@ def test_no_surface_writes_a_canary_anywhere(airflow_env: AirflowEnv, tmp_path: 
     rotated = keep(air.run("dags", "test", "mlsecrets_rotation", AIRFLOW__CORE__PARALLELISM="1",
                            MLSECRETS_TOKEN_FILE=str(tokens["rotator"])))
     assert rotated.returncode == 0, rotated.stdout[-2000:] + rotated.stderr[-2000:]
-    rotated_now = vault.secrets.read(admin, "leak/rotated").decode()
+    rotated_now = vault.secrets.read(admin, "leak/rotated", reason="in a test").decode()
     assert rotated_now != ROTATED_FIRST
 
     # 5. the HTTP API: a read, a refused read and a malformed request through the service
@@ -111,9 +112,11 @@ def test_no_surface_writes_a_canary_anywhere(airflow_env: AirflowEnv, tmp_path: 
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/v1/openapi.json", server, "mlsecrets serve")
-        served = cli("admin", "secret", "get", "leak/http", MLSECRETS_URL=url)
+        served = cli("admin", "secret", "get", "--reason", "in a test", "leak/http",
+                MLSECRETS_URL=url)
         assert served.stdout == HTTP_VALUE, served.stderr
-        assert keep(cli("pipeline", "secret", "get", "leak/http", MLSECRETS_URL=url)
+        assert keep(cli("pipeline", "secret", "get", "--reason", "in a test", "leak/http",
+                MLSECRETS_URL=url)
                     ).returncode == 3
         assert keep(cli("admin", "secret", "put", "leak/../x", "--stdin", stdin=HTTP_VALUE,
                         MLSECRETS_URL=url)).returncode == 2

@@ -79,7 +79,7 @@ def scene(env: Env) -> Scene:
     for _ in range(2):
         with pytest.raises(AccessDenied):
             vault.secrets.inject(pipe, "ml/openai/key")
-    assert vault.secrets.read(admin, "ml/hf/token") == CANARY
+    assert vault.secrets.read(admin, "ml/hf/token", reason="in a test") == CANARY
     vault.rotation.set_policy(admin, "connections/db",
                               RotationPolicy(schedule="30d", rotator="random"),
                               next_due=utcnow() - timedelta(days=3))

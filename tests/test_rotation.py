@@ -74,7 +74,7 @@ def test_a_rotation_runs_four_audited_steps(env: Env, service: ProbeService) -> 
     result = env.vault.rotation.rotate(env.admin, PATH)
     assert (result.result, result.version, result.previous, result.steps) == (
         "rotated", 2, 1, ("create", "set", "test", "finish"))
-    new = env.vault.secrets.read(env.admin, PATH)
+    new = env.vault.secrets.read(env.admin, PATH, reason="in a test")
     assert new != b"initial-value" and service.valid(new)
     assert service.valid("initial-value")  # the grace period has not passed
     assert states(env) == {1: "previous", 2: "current"}
@@ -98,7 +98,7 @@ def test_the_previous_value_is_invalidated_after_the_grace_period(
     result = env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
     assert (result.result, result.steps) == ("invalidated", ("invalidate",))
     assert not service.valid("initial-value")
-    assert service.valid(env.vault.secrets.read(env.admin, PATH))
+    assert service.valid(env.vault.secrets.read(env.admin, PATH, reason="in a test"))
     assert states(env) == {1: "retired", 2: "current"}
     assert env.vault.rotation.due(env.admin) == []
 
@@ -107,7 +107,7 @@ def test_rotating_within_the_grace_period_invalidates_the_previous_value_first(
         env: Env, service: ProbeService) -> None:
     start(env, service, grace="1h")
     env.vault.rotation.rotate(env.admin, PATH)
-    second = env.vault.secrets.read(env.admin, PATH)
+    second = env.vault.secrets.read(env.admin, PATH, reason="in a test")
     result = env.vault.rotation.rotate(env.admin, PATH)
     assert result.steps == ("invalidate", "create", "set", "test", "finish")
     assert not service.valid("initial-value") and service.valid(second)
@@ -130,12 +130,12 @@ def test_a_failing_step_leaves_current_alone_and_the_next_run_resumes(
     service.fail(step)
     with pytest.raises(RotationFailed, match=f"failed at {step}") as caught:
         env.vault.rotation.rotate(env.admin, PATH)
-    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"initial-value"
     status = env.vault.rotation.show(env.admin, PATH)
     assert (status.last_result, status.failures, status.running) == ("failed", 1, False)
     # the probe's message echoes the value; neither the error nor the record may hold it
     pending = status.pending_version and env.vault.secrets.read(
-        env.admin, PATH, status.pending_version)
+        env.admin, PATH, status.pending_version, reason="in a test")
     for text in (str(caught.value), status.last_error or ""):
         assert "refused value ***" in text or step == "create"
         if pending:
@@ -146,7 +146,7 @@ def test_a_failing_step_leaves_current_alone_and_the_next_run_resumes(
     result = env.vault.rotation.rotate(env.admin, PATH)
     assert result.result == "rotated"
     assert service.calls()["create"] == (2 if step == "create" else 1)  # the value was kept
-    value = env.vault.secrets.read(env.admin, PATH)
+    value = env.vault.secrets.read(env.admin, PATH, reason="in a test")
     assert service.valid(value) and value != b"initial-value"
     assert [s for s in states(env).values() if s == "current"] == ["current"]
 
@@ -163,7 +163,7 @@ def test_a_write_during_a_half_done_rotation_is_refused_and_cancel_rolls_back(
     assert states(env) == {1: "current", 2: "destroyed"}
     assert env.vault.rotation.show(env.admin, PATH).step == "idle"
     env.vault.secrets.put(env.admin, PATH, b"manual")
-    assert env.vault.secrets.read(env.admin, PATH) == b"manual"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"manual"
 
 
 def _kill_after(settings_dict: dict[str, object], token: str, step: str) -> str:
@@ -203,7 +203,7 @@ def test_a_run_killed_after_each_step_is_resumed_to_one_working_current_version(
     assert service.calls()["create"] == 1  # resumed with the value the dead run made
     current = [v for v, s in states(env).items() if s == "current"]
     assert current == [2]
-    assert service.valid(vault.secrets.read(env.admin, PATH))
+    assert service.valid(vault.secrets.read(env.admin, PATH, reason="in a test"))
 
 
 def _rotate_once(settings_dict: dict[str, object], token: str) -> str:
@@ -229,7 +229,7 @@ def test_two_concurrent_rotations_of_one_secret_never_interleave(
     versions = states(env)
     assert list(versions.values()).count("current") == 1
     assert max(versions) == 1 + rotated
-    assert service.valid(env.vault.secrets.read(env.admin, PATH))
+    assert service.valid(env.vault.secrets.read(env.admin, PATH, reason="in a test"))
 
 
 def test_due_lists_only_what_is_due_and_rotates_only_that(env: Env, service: ProbeService
@@ -243,7 +243,7 @@ def test_due_lists_only_what_is_due_and_rotates_only_that(env: Env, service: Pro
     assert env.vault.rotation.rotate(env.admin, PATH, only_if_due=True).result == "not due"
     assert env.vault.rotation.rotate(env.admin, "ml/other", only_if_due=True).result == \
         "rotated"
-    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"initial-value"
     assert env.vault.rotation.due(env.admin) == []
 
 
@@ -254,7 +254,7 @@ def test_a_rotator_principal_rotates_without_reading(env: Env, service: ProbeSer
     assert env.vault.rotation.rotate(rotator, PATH).result == "rotated"
     from airflow_provider_mlsecrets.errors import AccessDenied
     with pytest.raises(AccessDenied):
-        env.vault.secrets.read(rotator, PATH)
+        env.vault.secrets.read(rotator, PATH, reason="in a test")
     with pytest.raises(AccessDenied):
         env.vault.rotation.set_policy(rotator, PATH, policy(service))
     pipeline = env.principal("train", "pipeline", ("ml/**", ["inject"]))
@@ -307,7 +307,7 @@ def test_a_state_row_pointing_at_an_old_version_cannot_promote_it(
                                               SecretVersion.version == 1).values(state="pending"))
     with pytest.raises(IntegrityError):
         env.vault.rotation.rotate(env.admin, PATH)
-    assert env.vault.secrets.read(env.admin, PATH) == b"second-value"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"second-value"
 
 
 def test_random_rotator_makes_values_of_the_configured_shape(env: Env) -> None:
@@ -315,7 +315,7 @@ def test_random_rotator_makes_values_of_the_configured_shape(env: Env) -> None:
     env.vault.rotation.set_policy(env.admin, "ml/token", RotationPolicy(
         schedule="7d", rotator="random", config={"length": 48, "alphabet": "hex"}))
     env.vault.rotation.rotate(env.admin, "ml/token")
-    value = env.vault.secrets.read(env.admin, "ml/token")
+    value = env.vault.secrets.read(env.admin, "ml/token", reason="in a test")
     assert len(value) == 48 and set(value.decode()) <= set("0123456789abcdef")
     statuses = env.vault.rotation.status(env.admin)
     assert [s.path for s in statuses] == ["ml/token"] and statuses[0].rotations == 1
@@ -334,7 +334,7 @@ def test_an_interrupted_cancel_is_finished_by_the_next_run_never_promoted(
     start(env, service)
     with pytest.raises(RotationFailed):
         env.vault.rotation.rotate(env.admin, PATH, after_step=_stop_after("test"))
-    pending = env.vault.secrets.read(env.admin, PATH, 2)
+    pending = env.vault.secrets.read(env.admin, PATH, 2, reason="in a test")
     service.fail("invalidate")
     with pytest.raises(RotationFailed, match="next run finishes the cancel"):
         env.vault.rotation.cancel(env.admin, PATH)
@@ -344,7 +344,7 @@ def test_an_interrupted_cancel_is_finished_by_the_next_run_never_promoted(
     service.fail("invalidate", on=False)
     result = env.vault.rotation.rotate(env.admin, PATH, only_if_due=True)
     assert result.result == "cancelled"
-    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"initial-value"
     assert service.valid("initial-value") and not service.valid(pending)
     assert states(env) == {1: "current", 2: "destroyed"}
 
@@ -354,12 +354,12 @@ def test_a_resumed_rotation_tests_again_before_it_promotes(env: Env,
     start(env, service)
     with pytest.raises(RotationFailed):
         env.vault.rotation.rotate(env.admin, PATH, after_step=_stop_after("test"))
-    pending = env.vault.secrets.read(env.admin, PATH, 2)
+    pending = env.vault.secrets.read(env.admin, PATH, 2, reason="in a test")
     with service.state() as data:  # the service lost the value after it was tested
         data["valid"].remove(pending.decode())
     with pytest.raises(RotationFailed, match="failed at test"):
         env.vault.rotation.rotate(env.admin, PATH)
-    assert env.vault.secrets.read(env.admin, PATH) == b"initial-value"
+    assert env.vault.secrets.read(env.admin, PATH, reason="in a test") == b"initial-value"
 
 
 def test_a_policy_is_a_disclosure_and_needs_read_on_every_path_it_names(
@@ -390,7 +390,7 @@ def test_a_state_row_naming_the_current_version_cannot_get_it_invalidated(
         env: Env, service: ProbeService) -> None:
     start(env, service)
     env.vault.rotation.rotate(env.admin, PATH)
-    current = env.vault.secrets.read(env.admin, PATH)
+    current = env.vault.secrets.read(env.admin, PATH, reason="in a test")
     with engine_for(env.settings.db_url).begin() as c:
         sid = c.execute(select(Secret.id).where(Secret.path == PATH)).scalar_one()
         c.execute(update(Rotation).where(Rotation.secret_id == sid).values(
@@ -460,14 +460,15 @@ def test_an_inner_rotator_error_never_shows_the_bare_password(
     service.fail("set")
     with pytest.raises(RotationFailed) as caught:
         env.vault.rotation.rotate(env.admin, "connections/svc")
-    new = json.loads(env.vault.secrets.read(env.admin, "connections/svc", 2))["password"]
+    new = json.loads(env.vault.secrets.read(env.admin, "connections/svc", 2,
+            reason="in a test"))["password"]
     status = env.vault.rotation.show(env.admin, "connections/svc")
     for text in (str(caught.value), status.last_error or ""):
         assert new not in text and "refused value ***" in text
     service.fail("set", on=False)
     env.vault.rotation.rotate(env.admin, "connections/svc")
     assert service.valid(json.loads(env.vault.secrets.read(
-        env.admin, "connections/svc"))["password"])
+        env.admin, "connections/svc", reason="in a test"))["password"])
 
 
 def test_a_connection_without_a_password_keeps_rotating(env: Env,
@@ -478,14 +479,14 @@ def test_a_connection_without_a_password_keeps_rotating(env: Env,
         config={"via": "probe", "config": {"dir": str(service.dir)}}))
     env.vault.rotation.rotate(env.admin, "connections/nopw")
     env.vault.rotation.rotate(env.admin, "connections/nopw")  # invalidates the password-less v1
-    assert env.vault.secrets.read(env.admin, "connections/nopw").startswith(b"generic://u:")
+    assert env.vault.secrets.read(env.admin, "connections/nopw", reason="in a test").startswith(b"generic://u:")
 
 
 def test_a_write_during_the_grace_period_leaves_no_value_valid_forever(
         env: Env, service: ProbeService) -> None:
     start(env, service, grace="1s")
     env.vault.rotation.rotate(env.admin, PATH)
-    rotated = env.vault.secrets.read(env.admin, PATH)
+    rotated = env.vault.secrets.read(env.admin, PATH, reason="in a test")
     env.vault.secrets.put(env.admin, PATH, b"manual-value")  # an operator's emergency write
     service.accept("manual-value")
     with pytest.raises(InvalidInput, match="still work at the service"):

@@ -58,7 +58,7 @@ def test_the_dag_rotates_what_is_due_emits_asset_events_and_verifies(
     assert got.returncode == 0, output[-4000:]
     for path in DUE:
         assert vault.secrets.versions(admin, path)[-1].version == 2
-        value = vault.secrets.read(admin, path)
+        value = vault.secrets.read(admin, path, reason="in a test")
         assert len(value) == 40 and value.decode() not in output
     assert [v.version for v in vault.secrets.versions(admin, LATER)] == [1]
     assert "rotation summary:" in output and "audit chain verified" in output
@@ -97,7 +97,7 @@ def test_the_dag_rotates_the_key_encryption_key_on_its_cadence(
     assert new.label != old and new.versions_wrapped > 0
     assert "key rotated True" in got.stdout + got.stderr
     for path in [*DUE, LATER]:
-        assert vault.secrets.read(admin, path)
+        assert vault.secrets.read(admin, path, reason="in a test")
 
 
 def make_due(air: AirflowEnv, path: str) -> None:

@@ -62,7 +62,7 @@ def test_a_postgres_connection_rotated_end_to_end(cli: Cli, scram_postgres: Scra
 
     out = cli.ok("rotate", "connections/feature_db")
     assert "rotated" in out and "create,set,test,finish" in out
-    rotated = json.loads(cli.ok("secret", "get", "connections/feature_db"))
+    rotated = json.loads(cli.ok("secret", "get", "--reason", "in a test", "connections/feature_db"))
     new_password = rotated["password"]
     assert new_password != "first-password-1" and rotated["login"] == ROLE
     assert new_password not in out
@@ -103,7 +103,7 @@ def test_an_http_key_rotated_with_a_grace_period(cli: Cli, key_service: KeyServi
 
     out = cli("rotate", "--due")
     assert out.returncode == 0 and b"1 rotated, 0 invalidated, 0 cancelled, 0 failed" in out.stderr
-    new_key = cli.ok("secret", "get", "svc/api_key")
+    new_key = cli.ok("secret", "get", "--reason", "in a test", "svc/api_key")
     assert key_service.valid(new_key) and key_service.valid("initial")  # grace period
     time.sleep(2.1)
     cli.ok("rotate", "--due")
@@ -112,12 +112,12 @@ def test_an_http_key_rotated_with_a_grace_period(cli: Cli, key_service: KeyServi
     key_service.fail_next("/whoami", 1)  # the test step fails once: current is untouched
     failed = cli("rotate", "svc/api_key")
     assert failed.returncode == 1 and b"failed at test" in failed.stderr
-    assert cli.ok("secret", "get", "svc/api_key") == new_key
+    assert cli.ok("secret", "get", "--reason", "in a test", "svc/api_key") == new_key
     for key in key_service.issued_keys:
         assert key.encode() not in failed.stderr + failed.stdout
     shown = json.loads(cli.ok("--json", "rotation", "show", "svc/api_key"))
     assert shown["step"] == "set" and shown["failures"] == 1
     cli.ok("rotate", "svc/api_key")  # resumes at test with the key issued before
-    third = cli.ok("secret", "get", "svc/api_key")
+    third = cli.ok("secret", "get", "--reason", "in a test", "svc/api_key")
     assert third != new_key and key_service.valid(third)
     assert key_service.issued == 2

@@ -118,7 +118,7 @@ def test_a_client_with_only_a_url_and_a_token_reads_lists_and_writes(served: Ser
     env = served.client_env("admin")
     assert not any(k in env for k in ("MLSECRETS_PKCS11_MODULE", "MLSECRETS_PKCS11_PIN",
                                       "MLSECRETS_PKCS11_PIN_FILE", "MLSECRETS_DB_URL"))
-    got = served.cli("admin", "secret", "get", "ml/openai/api_key")
+    got = served.cli("admin", "secret", "get", "--reason", "in a test", "ml/openai/api_key")
     assert got.returncode == 0 and got.stdout == API_KEY, got.stderr
     assert "ml/openai/api_key" in served.cli("admin", "secret", "list", "ml/").stdout
     written = served.cli("admin", "secret", "put", "ml/remote/new", "--generate", "24")
@@ -139,7 +139,7 @@ def test_a_client_with_only_a_url_and_a_token_reads_lists_and_writes(served: Ser
     assert unsupported.returncode == 1 and "not available through MLSECRETS_URL" in \
         unsupported.stderr
     assert list(served.client_home.iterdir()) == []  # nothing was provisioned or written
-    denied = served.cli("pipeline", "secret", "get", "ml/openai/api_key")
+    denied = served.cli("pipeline", "secret", "get", "--reason", "in a test", "ml/openai/api_key")
     assert denied.returncode == 3 and API_KEY not in denied.stdout + denied.stderr
     records = [r for r in served.air.vault.audit.tail(served.air.admin, 30)
                if r.action == "secret.read" and r.principal == "airflow-pipeline"]

@@ -32,8 +32,8 @@ def test_put_read_versions_and_states(env: Env) -> None:
     assert s.put(env.admin, "ml/db/password", b"one").version == 1
     assert s.put(env.admin, "ml/db/password", b"two", description="warehouse").version == 2
     s.put(env.admin, "ml/db/password", b"three")
-    assert s.read(env.admin, "ml/db/password") == b"three"
-    assert s.read(env.admin, "ml/db/password", version=1) == b"one"
+    assert s.read(env.admin, "ml/db/password", reason="in a test") == b"three"
+    assert s.read(env.admin, "ml/db/password", version=1, reason="in a test") == b"one"
     states = [(v.version, v.state) for v in s.versions(env.admin, "ml/db/password")]
     assert states == [(1, "retired"), (2, "previous"), (3, "current")]
     [info] = s.list(env.admin, "ml/")
@@ -48,7 +48,7 @@ def test_check_and_set(env: Env) -> None:
     s.put(env.admin, "a/b", b"v2", cas=1)
     with pytest.raises(VersionConflict):
         s.put(env.admin, "a/b", b"v3", cas=1)
-    assert s.read(env.admin, "a/b") == b"v2"
+    assert s.read(env.admin, "a/b", reason="in a test") == b"v2"
 
 
 def test_soft_delete_and_undelete(env: Env) -> None:
@@ -56,13 +56,13 @@ def test_soft_delete_and_undelete(env: Env) -> None:
     s.put(env.admin, "a/b", b"v1")
     s.delete(env.admin, "a/b")
     with pytest.raises(NotFound, match="deleted"):
-        s.read(env.admin, "a/b")
+        s.read(env.admin, "a/b", reason="in a test")
     with pytest.raises(InvalidInput, match="undelete"):
         s.put(env.admin, "a/b", b"v2")
     assert s.list(env.admin) == []
     assert [i.path for i in s.list(env.admin, include_deleted=True)] == ["a/b"]
     s.undelete(env.admin, "a/b")
-    assert s.read(env.admin, "a/b") == b"v1"
+    assert s.read(env.admin, "a/b", reason="in a test") == b"v1"
 
 
 def test_destroy_erases_the_crypto_and_keeps_the_metadata(env: Env) -> None:
@@ -71,8 +71,8 @@ def test_destroy_erases_the_crypto_and_keeps_the_metadata(env: Env) -> None:
     s.put(env.admin, "a/b", b"v2")
     s.destroy(env.admin, "a/b", 1)
     with pytest.raises(NotFound, match="destroyed"):
-        s.read(env.admin, "a/b", version=1)
-    assert s.read(env.admin, "a/b") == b"v2"
+        s.read(env.admin, "a/b", version=1, reason="in a test")
+    assert s.read(env.admin, "a/b", reason="in a test") == b"v2"
     with engine_for(env.settings.db_url).connect() as c:
         row = c.execute(select(SecretVersion).where(SecretVersion.version == 1)).one()
     assert (row.wrapped_key, row.nonce, row.ciphertext) == (None, None, None)
@@ -96,12 +96,12 @@ def test_bad_values_are_refused_and_change_nothing(env: Env, value: bytes) -> No
     with pytest.raises(InvalidInput):
         env.vault.secrets.put(env.admin, "a/b", value)
     with pytest.raises(NotFound):
-        env.vault.secrets.read(env.admin, "a/b")
+        env.vault.secrets.read(env.admin, "a/b", reason="in a test")
 
 
 def test_a_value_at_the_limit_is_accepted(env: Env) -> None:
     env.vault.secrets.put(env.admin, "a/b", b"\x00\xff" * (32 * 1024))
-    assert env.vault.secrets.read(env.admin, "a/b") == b"\x00\xff" * (32 * 1024)
+    assert env.vault.secrets.read(env.admin, "a/b", reason="in a test") == b"\x00\xff" * (32 * 1024)
 
 
 def test_access_matrix_deny_by_default(env: Env) -> None:
@@ -113,12 +113,13 @@ def test_access_matrix_deny_by_default(env: Env) -> None:
     auditor = env.principal("aud", "auditor")
     assert s.inject(pipeline, "ml/train/key") == b"k"
     for caller, call in [
-        (pipeline, lambda c: s.read(c, "ml/train/key")),        # read is never a pipeline's
+        # read is never a pipeline's
+        (pipeline, lambda c: s.read(c, "ml/train/key", reason="in a test")),
         (pipeline, lambda c: s.inject(c, "other/key")),         # not granted
         (pipeline, lambda c: s.put(c, "ml/train/key", b"x")),
-        (viewer, lambda c: s.read(c, "ml/train/key")),
+        (viewer, lambda c: s.read(c, "ml/train/key", reason="in a test")),
         (viewer, lambda c: s.inject(c, "ml/train/key")),
-        (auditor, lambda c: s.read(c, "ml/train/key")),
+        (auditor, lambda c: s.read(c, "ml/train/key", reason="in a test")),
         (auditor, lambda c: env.vault.access.create_principal(c, "x", "viewer")),
     ]:
         with pytest.raises(AccessDenied):
@@ -175,24 +176,24 @@ def test_revoke_grant_and_policy_show(env: Env) -> None:
 def test_bad_tokens_are_denied_and_recorded(env: Env, token: str | None) -> None:
     env.vault.secrets.put(env.admin, "a/b", b"v")
     with pytest.raises(AccessDenied):
-        env.vault.secrets.read(Caller(token), "a/b")
+        env.vault.secrets.read(Caller(token), "a/b", reason="in a test")
     assert records(env)[-1] == ("<unauthenticated>", "secret.read", "a/b", "denied")
 
 
 def test_revoked_and_expired_tokens_are_denied(env: Env) -> None:
     env.vault.secrets.put(env.admin, "a/b", b"v")
     se = env.principal("se2", "security_engineer")
-    assert env.vault.secrets.read(se, "a/b") == b"v"
+    assert env.vault.secrets.read(se, "a/b", reason="in a test") == b"v"
     env.vault.access.revoke_principal(env.admin, "se2")
     with pytest.raises(AccessDenied, match="revoked"):
-        env.vault.secrets.read(se, "a/b")
+        env.vault.secrets.read(se, "a/b", reason="in a test")
     expiry = datetime.now(timezone.utc) + timedelta(seconds=1)
     soon = Caller(env.vault.access.create_principal(env.admin, "temp", "security_engineer",
                                                     expiry))
-    assert env.vault.secrets.read(soon, "a/b") == b"v"
+    assert env.vault.secrets.read(soon, "a/b", reason="in a test") == b"v"
     time.sleep(max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds()) + 0.05)
     with pytest.raises(AccessDenied, match="expired"):
-        env.vault.secrets.read(soon, "a/b")
+        env.vault.secrets.read(soon, "a/b", reason="in a test")
     with pytest.raises(InvalidInput, match="past"):
         env.vault.access.create_principal(env.admin, "old", "viewer",
                                           datetime.now(timezone.utc) - timedelta(days=1))
@@ -222,7 +223,7 @@ def test_swapped_ciphertexts_fail_closed_and_never_return_the_other_secret(env: 
             setattr(b, column, va)
     for path in ("ml/a", "ml/b"):
         with pytest.raises(IntegrityError):
-            s.read(env.admin, path)
+            s.read(env.admin, path, reason="in a test")
     assert records(env)[-1][1:] == ("secret.read", "ml/b", "error")
 
 
@@ -238,7 +239,7 @@ def test_swapping_one_column_between_versions_fails(env: Env, column: str) -> No
         setattr(two, column, v1)
     for version in (1, 2):
         with pytest.raises(IntegrityError):
-            s.read(env.admin, "ml/a", version=version)
+            s.read(env.admin, "ml/a", version=version, reason="in a test")
 
 
 def test_no_audit_record_means_no_secret_and_no_change(env: Env) -> None:
@@ -248,7 +249,7 @@ def test_no_audit_record_means_no_secret_and_no_change(env: Env) -> None:
     with env.vault.core.transaction() as session:
         session.execute(text("DELETE FROM mlsecrets_audit_head"))
     with pytest.raises(AuditError):
-        s.read(env.admin, "ml/a")
+        s.read(env.admin, "ml/a", reason="in a test")
     with pytest.raises(AuditError):
         s.put(env.admin, "ml/a", b"v2")
     with engine_for(env.settings.db_url).connect() as c:
@@ -258,7 +259,7 @@ def test_no_audit_record_means_no_secret_and_no_change(env: Env) -> None:
 
 def test_not_found_is_recorded(env: Env) -> None:
     with pytest.raises(NotFound):
-        env.vault.secrets.read(env.admin, "no/such")
+        env.vault.secrets.read(env.admin, "no/such", reason="in a test")
     assert records(env)[-1] == ("admin", "secret.read", "no/such", "not_found")
 
 
@@ -267,7 +268,7 @@ def test_initialise_is_idempotent_and_keeps_tokens(env: Env) -> None:
     assert not again.changed and again.admin_token is None
     env.vault.secrets.put(env.admin, "a/b", b"v")  # the first token still works
     fresh = Vault(env.settings)  # a new process's view of the same vault
-    assert fresh.secrets.read(env.admin, "a/b") == b"v"
+    assert fresh.secrets.read(env.admin, "a/b", reason="in a test") == b"v"
 
 
 def test_status_and_keys(env: Env) -> None:
@@ -286,7 +287,7 @@ def test_status_and_keys(env: Env) -> None:
 
 def test_audit_records_never_hold_the_value(env: Env) -> None:
     env.vault.secrets.put(env.admin, "ml/canary", b"CANARY-4f1d2a")
-    env.vault.secrets.read(env.admin, "ml/canary")
+    env.vault.secrets.read(env.admin, "ml/canary", reason="in a test")
     with engine_for(env.settings.db_url).connect() as c:
         for row in c.execute(text("SELECT * FROM mlsecrets_audit")):
             assert "CANARY-4f1d2a" not in repr(tuple(row))
@@ -343,7 +344,7 @@ def test_a_secret_pointed_back_at_an_old_version_is_refused(env: Env) -> None:
     with env.vault.core.transaction() as session:
         session.execute(text("UPDATE mlsecrets_secrets SET current_version = 1"))
     with pytest.raises(IntegrityError, match="ml/key was altered"):
-        env.vault.secrets.read(env.admin, "ml/key")
+        env.vault.secrets.read(env.admin, "ml/key", reason="in a test")
 
 
 def test_inject_of_a_missing_path_is_not_found_even_without_a_grant(env: Env) -> None:
@@ -354,7 +355,7 @@ def test_inject_of_a_missing_path_is_not_found_even_without_a_grant(env: Env) ->
     with pytest.raises(AccessDenied):
         env.vault.secrets.inject(etl, "other/exists")
     with pytest.raises(AccessDenied):  # read never reveals whether a path exists
-        env.vault.secrets.read(etl, "other/missing")
+        env.vault.secrets.read(etl, "other/missing", reason="in a test")
     assert records(env)[-3:] == [("etl", "secret.inject", "other/missing", "not_found"),
                                  ("etl", "secret.inject", "other/exists", "denied"),
                                  ("etl", "secret.read", "other/missing", "denied")]
@@ -389,7 +390,7 @@ def test_a_fenced_security_engineer_cannot_delegate_around_the_fence(env: Env) -
     eve = env.principal("eve", "security_engineer")
     env.vault.access.grant(env.admin, "eve", "prod/**", ["read", "inject"], deny=True)
     with pytest.raises(AccessDenied, match="explicit deny"):
-        env.vault.secrets.read(eve, "prod/db")
+        env.vault.secrets.read(eve, "prod/db", reason="in a test")
     with pytest.raises(AccessDenied, match="fenced"):
         env.vault.access.create_principal(eve, "evebot", "pipeline")
     with pytest.raises(AccessDenied, match="fenced"):
@@ -405,7 +406,7 @@ def test_inject_refuses_names_it_holds_but_cannot_serve(env: Env) -> None:
     with pytest.raises(AccessDenied, match="cannot be served"):
         env.vault.secrets.inject(etl, "connections/billing_db")
     with pytest.raises(NotFound):  # a person reading gets the plain answer
-        env.vault.secrets.read(env.admin, "connections/billing_db")
+        env.vault.secrets.read(env.admin, "connections/billing_db", reason="in a test")
     env.vault.secrets.undelete(env.admin, "connections/billing_db")
     with env.vault.core.transaction() as session:  # marked destroyed, data left in place
         session.execute(text("UPDATE mlsecrets_secret_versions SET state = 'destroyed'"))
@@ -442,5 +443,5 @@ def test_an_empty_value_is_a_value(env: Env) -> None:
     """Airflow variables may be empty; one must be able to move to the vault and come back
     empty, not missing (issue 15)."""
     env.vault.secrets.put(env.admin, "variables/blank", b"")
-    assert env.vault.secrets.read(env.admin, "variables/blank") == b""
+    assert env.vault.secrets.read(env.admin, "variables/blank", reason="in a test") == b""
     assert env.vault.secrets.inject(env.admin, "variables/blank") == b""

@@ -47,6 +47,21 @@ class VersionIn(_Strict):
     version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
+class ReadIn(VersionIn):
+    reason: str | None = Field(default=None, max_length=1000)  # kept in the audit record
+
+
+class AccessRequestIn(_Strict):
+    path: str = Field(max_length=MAX_NAME)
+    reason: str = Field(max_length=1000)
+    window: str = Field(default="15m", max_length=16)
+
+
+class CriticalIn(_Strict):
+    add: list[str] = Field(default_factory=list, max_length=64)
+    remove: list[str] = Field(default_factory=list, max_length=64)
+
+
 class DestroyIn(_Strict):
     version: int = Field(ge=1, le=MAX_VERSION)
 
@@ -135,9 +150,10 @@ def build_router(vault: Callable[[], Vault], announce: Announce | None = None) -
 
     # -- secrets -----------------------------------------------------------------------
     @router.post("/read/{path:path}", tags=["secrets"])
-    def read(path: str, body: VersionIn, caller: Who) -> ValueOut:
-        """Plaintext back to a person (``read``: security engineers only)."""
-        value = vault().secrets.read(caller, path, body.version)
+    def read(path: str, body: ReadIn, caller: Who) -> ValueOut:
+        """Plaintext back to a person (``read``: security engineers only), with the
+        ``reason`` its audit record keeps; a critical path needs an open approval."""
+        value = vault().secrets.read(caller, path, body.version, reason=body.reason)
         return ValueOut(path=path, version=body.version,
                         value_b64=base64.b64encode(value).decode())
 
@@ -212,6 +228,35 @@ def build_router(vault: Callable[[], Vault], announce: Announce | None = None) -
     def policy(caller: Who, principal: Annotated[str | None, Query(max_length=MAX_NAME)] = None
                ) -> builtins.list[dict[str, Any]]:
         return plain(vault().access.policy(caller, principal))  # type: ignore[no-any-return]
+
+    # -- break-glass reads ----------------------------------------------------------------
+    @router.get("/policy/critical", tags=["break-glass"])
+    def critical(caller: Who) -> builtins.list[str]:
+        return vault().break_glass.critical(caller)
+
+    @router.post("/policy/critical", tags=["break-glass"])
+    def set_critical(body: CriticalIn, caller: Who) -> builtins.list[str]:
+        return vault().break_glass.set_critical(caller, add=tuple(body.add),
+                                                remove=tuple(body.remove))
+
+    @router.get("/access/requests", tags=["break-glass"])
+    def access_requests(caller: Who, open_only: bool = False
+                        ) -> builtins.list[dict[str, Any]]:
+        return plain(vault().break_glass.requests(  # type: ignore[no-any-return]
+            caller, open_only=open_only))
+
+    @router.post("/access/requests", tags=["break-glass"])
+    def access_request(body: AccessRequestIn, caller: Who) -> dict[str, Any]:
+        return plain(vault().break_glass.request(  # type: ignore[no-any-return]
+            caller, body.path, body.reason, body.window))
+
+    @router.post("/access/requests/{request_id}/approve", tags=["break-glass"])
+    def access_approve(request_id: str, caller: Who) -> dict[str, Any]:
+        return plain(vault().break_glass.approve(caller, request_id))  # type: ignore[no-any-return]
+
+    @router.post("/access/requests/{request_id}/deny", tags=["break-glass"])
+    def access_deny(request_id: str, caller: Who) -> dict[str, Any]:
+        return plain(vault().break_glass.deny(caller, request_id))  # type: ignore[no-any-return]
 
     # -- audit -------------------------------------------------------------------------
     @router.get("/audit", tags=["audit"])

@@ -127,6 +127,10 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
     return 1 if any(i.result.startswith(("failed", "differs")) for i in report) else 0
 
 
+# import-airflow reads a value only to compare it with the metastore's; it never shows it
+_COMPARE = "import-airflow: compared with the Airflow metastore's value, not shown"
+
+
 def _copy_one(secrets: Any, caller: Any, path: str, value: bytes, args: argparse.Namespace,
               to_delete: list[tuple[str, str]], kind: str, ident: str, limit: int) -> str:
     try:
@@ -136,7 +140,7 @@ def _copy_one(secrets: Any, caller: Any, path: str, value: bytes, args: argparse
     if len(value) > limit:
         return f"skipped: over the size limit of {limit} bytes"
     try:
-        existing = secrets.read(caller, path)
+        existing = secrets.read(caller, path, reason=_COMPARE)
     except NotFound:
         existing = None
     except MLSecretsError as exc:
@@ -148,7 +152,7 @@ def _copy_one(secrets: Any, caller: Any, path: str, value: bytes, args: argparse
     try:
         if existing is None:
             secrets.put(caller, path, value, cas=0, description=f"imported Airflow {kind}")
-        copied = secrets.read(caller, path)
+        copied = secrets.read(caller, path, reason=_COMPARE)
     except MLSecretsError as exc:
         return f"failed: {type(exc).__name__}: {exc}"
     if not hmac.compare_digest(copied, value):

@@ -1,4 +1,5 @@
-"""``mlsecrets principal …``, ``grant``, ``revoke`` and ``policy show``."""
+"""``mlsecrets principal …``, ``grant``, ``revoke`` and ``policy show`` (``policy
+critical`` is in _break_glass)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlsecrets.cli import _break_glass
 from airflow_provider_mlsecrets.cli._output import credential_file
 from airflow_provider_mlsecrets.durations import parse_moment
 from airflow_provider_mlsecrets.errors import InvalidInput
@@ -63,6 +65,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     show = policy_sub.add_parser("show", parents=[common], help="show grants")
     show.add_argument("principal", nargs="?")
     show.set_defaults(handler=_policy)
+    _break_glass.register_policy(policy_sub, common)
 
 
 def _create(args: argparse.Namespace, ctx: Context) -> None:

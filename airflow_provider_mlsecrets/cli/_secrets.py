@@ -51,6 +51,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     get = sub.add_parser("get", parents=[common], help="print a value (security engineers)")
     get.add_argument("path")
     get.add_argument("--version", type=int)
+    get.add_argument("--reason", help="why you read it (8 to 500 characters, required; kept "
+                                      "in the audit trail)")
     get.set_defaults(handler=_get)
 
     ls = sub.add_parser("list", parents=[common], help="list secrets (metadata only)")
@@ -170,7 +172,7 @@ def _reseal(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> None:
-    value = ctx.vault.secrets.read(ctx.caller, args.path, args.version)
+    value = ctx.vault.secrets.read(ctx.caller, args.path, args.version, reason=args.reason)
     if ctx.output.as_json:
         try:
             ctx.output.data({"path": args.path, "value": value.decode("utf-8")})

@@ -17,6 +17,7 @@ from airflow_provider_mlsecrets.cli import (
     _airflow,
     _audit,
     _backup,
+    _break_glass,
     _doctor,
     _principals,
     _review,
@@ -71,8 +72,8 @@ def build_parser(prog: str = "mlsecrets") -> argparse.ArgumentParser:
         description="HSM-backed secrets for ML pipelines on Airflow. Configuration comes from "
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_admin, _secrets, _rotation, _principals, _audit, _review, _backup,
-                   _airflow, _serve, _doctor):
+    for module in (_admin, _secrets, _rotation, _principals, _break_glass, _audit, _review,
+                   _backup, _airflow, _serve, _doctor):
         module.register(commands, common)
     return parser
 

@@ -22,6 +22,7 @@ from airflow_provider_mlsecrets.paths import parse_path
 from airflow_provider_mlsecrets.service import Caller
 from airflow_provider_mlsecrets.service.access import GrantInfo, PrincipalInfo
 from airflow_provider_mlsecrets.service.audit import AuditFilter, AuditView
+from airflow_provider_mlsecrets.service.break_glass import DEFAULT_WINDOW, AccessRequestInfo
 from airflow_provider_mlsecrets.service.keys import RotationReport
 from airflow_provider_mlsecrets.service.rotation import RotationResult, RotationStatus
 from airflow_provider_mlsecrets.service.secrets import SecretInfo, VersionInfo
@@ -125,9 +126,10 @@ class RemoteSecrets(_Unsupported):
     def __init__(self, http: _Http) -> None:
         self._http = http
 
-    def read(self, caller: Caller, path: str, version: int | None = None) -> bytes:
+    def read(self, caller: Caller, path: str, version: int | None = None, *,
+             reason: str | None = None) -> bytes:
         return _value(self._http.call(caller, "POST", f"read/{_path(path)}",
-                                      body={"version": version}))
+                                      body={"version": version, "reason": reason}))
 
     def inject(self, caller: Caller, path: str, version: int | None = None) -> bytes:
         return _value(self._http.call(caller, "POST", f"inject/{_path(path)}",
@@ -195,6 +197,37 @@ class RemoteAccess(_Unsupported):
         params = {} if name is None else {"principal": name}
         return [_build(GrantInfo, r) for r in self._http.call(caller, "GET", "policy",
                                                                params=params)]
+
+
+class RemoteBreakGlass(_Unsupported):
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def critical(self, caller: Caller) -> builtins.list[str]:
+        return [str(p) for p in self._http.call(caller, "GET", "policy/critical")]
+
+    def set_critical(self, caller: Caller, *, add: tuple[str, ...] = (),
+                     remove: tuple[str, ...] = ()) -> builtins.list[str]:
+        return [str(p) for p in self._http.call(caller, "POST", "policy/critical", body={
+            "add": list(add), "remove": list(remove)})]
+
+    def request(self, caller: Caller, path: str, reason: str,
+                window: str = DEFAULT_WINDOW) -> AccessRequestInfo:
+        return _build(AccessRequestInfo, self._http.call(caller, "POST", "access/requests", body={
+            "path": path, "reason": reason, "window": window}))
+
+    def approve(self, caller: Caller, request_id: str) -> AccessRequestInfo:
+        return _build(AccessRequestInfo, self._http.call(
+            caller, "POST", f"access/requests/{quote(request_id, safe='')}/approve"))
+
+    def deny(self, caller: Caller, request_id: str) -> AccessRequestInfo:
+        return _build(AccessRequestInfo, self._http.call(
+            caller, "POST", f"access/requests/{quote(request_id, safe='')}/deny"))
+
+    def requests(self, caller: Caller, *, open_only: bool = False
+                 ) -> builtins.list[AccessRequestInfo]:
+        return [_build(AccessRequestInfo, r) for r in self._http.call(
+            caller, "GET", "access/requests", params={"open_only": str(open_only).lower()})]
 
 
 class RemoteAudit(_Unsupported):
@@ -307,6 +340,7 @@ class RemoteVault(_Unsupported):
         self.audit = RemoteAudit(http)
         self.rotation = RemoteRotation(http)
         self.keys = RemoteKeys(http)
+        self.break_glass = RemoteBreakGlass(http)
 
     def status(self, caller: Caller) -> dict[str, object]:
         return dict(self._http.call(caller, "GET", "status"))

@@ -71,9 +71,11 @@ class MLSecretsHook(BaseHook):
         mask(value)
         return value
 
-    def read(self, path: str, version: int | None = None) -> bytes:
-        """Plaintext back to a person (``read``: a security engineer's token only)."""
-        return self.vault.secrets.read(self.caller(), path, version)
+    def read(self, path: str, version: int | None = None, *, reason: str | None = None
+             ) -> bytes:
+        """Plaintext back to a person (``read``: a security engineer's token only, with the
+        ``reason`` the audit record keeps)."""
+        return self.vault.secrets.read(self.caller(), path, version, reason=reason)
 
     def write(self, path: str, value: bytes | str, *, cas: int | None = None,
               description: str | None = None) -> VersionInfo:

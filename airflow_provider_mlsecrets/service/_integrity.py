@@ -26,10 +26,18 @@ from airflow_provider_mlsecrets import canonical
 from airflow_provider_mlsecrets.audit.record import format_ts
 from airflow_provider_mlsecrets.errors import IntegrityError
 from airflow_provider_mlsecrets.keys import KeyProvider, MacKey
-from airflow_provider_mlsecrets.store.models import Grant, Principal, Secret
+from airflow_provider_mlsecrets.store.models import (
+    AccessRequest,
+    Grant,
+    Principal,
+    Secret,
+    VaultPolicy,
+)
 
 PRINCIPAL_TAG = "mlsecrets-principal-v1"
 SECRET_TAG = "mlsecrets-secret-v1"  # noqa: S105 - a domain tag # nosec B105
+POLICY_TAG = "mlsecrets-policy-v1"
+ACCESS_REQUEST_TAG = "mlsecrets-access-request-v1"
 
 
 def _ts(moment: datetime | None) -> str:
@@ -125,3 +133,33 @@ def check_secret(keys: KeyProvider, vault_id: str, s: SecretFields) -> None:
     expected = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
     if not hmac.compare_digest(expected, s.mac or b""):
         raise IntegrityError(f"the record of {s.path} was altered outside the vault")
+
+
+def _policy_bytes(vault_id: str, p: VaultPolicy) -> bytes:
+    return canonical.encode(POLICY_TAG, vault_id, p.name, p.value, p.changed_by,
+                            _ts(p.changed_at))
+
+
+def seal_policy(keys: KeyProvider, vault_id: str, p: VaultPolicy) -> None:
+    p.mac = keys.mac(MacKey.INTEGRITY, _policy_bytes(vault_id, p))
+
+
+def check_policy(keys: KeyProvider, vault_id: str, p: VaultPolicy) -> None:
+    expected = keys.mac(MacKey.INTEGRITY, _policy_bytes(vault_id, p))
+    if not hmac.compare_digest(expected, p.mac or b""):
+        raise IntegrityError(f"the {p.name} policy was altered outside the vault")
+
+
+def _request_bytes(vault_id: str, r: AccessRequest) -> bytes:
+    return canonical.encode(ACCESS_REQUEST_TAG, vault_id, r.id, r.principal, r.path,
+                            r.justification, r.window_seconds, _ts(r.requested_at), r.state,
+                            r.decided_by or "", _ts(r.decided_at), _ts(r.expires_at))
+
+
+def seal_access_request(keys: KeyProvider, vault_id: str, r: AccessRequest) -> None:
+    r.mac = keys.mac(MacKey.INTEGRITY, _request_bytes(vault_id, r))
+
+
+def access_request_intact(keys: KeyProvider, vault_id: str, r: AccessRequest) -> bool:
+    expected = keys.mac(MacKey.INTEGRITY, _request_bytes(vault_id, r))
+    return hmac.compare_digest(expected, r.mac or b"")

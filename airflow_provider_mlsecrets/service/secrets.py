@@ -30,11 +30,16 @@ from airflow_provider_mlsecrets.errors import (
 from airflow_provider_mlsecrets.keys import KekId
 from airflow_provider_mlsecrets.paths import parse_path, parse_prefix
 from airflow_provider_mlsecrets.policy.roles import Capability
-from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
+from airflow_provider_mlsecrets.service._core import Caller, Core, Op, utcnow
 from airflow_provider_mlsecrets.service._integrity import (
     SecretFields,
     check_secret,
     seal_secret,
+)
+from airflow_provider_mlsecrets.service.break_glass import (
+    authorise_read,
+    justification_of,
+    justified,
 )
 from airflow_provider_mlsecrets.service.keys import USABLE_KEK_STATES, check_usable, current_kek
 from airflow_provider_mlsecrets.store.models import (
@@ -195,9 +200,15 @@ class SecretsService:
             erase(row)
 
     # -- reading ---------------------------------------------------------------------
-    def read(self, caller: Caller, path: str, version: int | None = None) -> bytes:
-        """Plaintext back to a person (``read``: security engineers only)."""
-        return self._open(caller, path, version, Capability.READ, "secret.read")
+    def read(self, caller: Caller, path: str, version: int | None = None, *,
+             reason: str | None = None) -> bytes:
+        """Plaintext back to a person (``read``: security engineers only), with the
+        ``reason`` its audit record keeps; a critical path also needs an open approval
+        (service/break_glass.py)."""
+        text = justification_of(reason)
+        return self._open(justified(caller, text), path, version, Capability.READ,
+                          "secret.read",
+                          guard=lambda op, path: authorise_read(self._core, op, path, text))
 
     def inject(self, caller: Caller, path: str, version: int | None = None) -> bytes:
         """Plaintext into a task, connection or environment (``inject``).
@@ -292,10 +303,13 @@ class SecretsService:
 
     # -- helpers ---------------------------------------------------------------------
     def _open(self, caller: Caller, path: str, version: int | None, capability: Capability,
-              action: str, absent: Callable[[Session], bool] | None = None) -> bytes:
+              action: str, absent: Callable[[Session], bool] | None = None,
+              guard: Callable[[Op, str], None] | None = None) -> bytes:
         path = parse_path(path)
         with self._core.operation(caller, action, capability, path, version,
                                   absent=absent) as op:
+            if guard is not None:
+                guard(op, path)
             found = self._servable(op.session, path, version) if absent is not None \
                 else self._readable(op.session, path, version)
             if found.v_version is None:

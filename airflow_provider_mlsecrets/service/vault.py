@@ -22,8 +22,10 @@ from airflow_provider_mlsecrets.service.access import (
     add_principal,
     parse_name,
 )
+from airflow_provider_mlsecrets.service.alerts import AlertService
 from airflow_provider_mlsecrets.service.audit import AuditService
 from airflow_provider_mlsecrets.service.backup import BackupService
+from airflow_provider_mlsecrets.service.break_glass import BreakGlassService, ensure_policy
 from airflow_provider_mlsecrets.service.insight import InsightService
 from airflow_provider_mlsecrets.service.keys import KeyService
 from airflow_provider_mlsecrets.service.rotation import RotationService
@@ -70,6 +72,8 @@ class Vault:
         self.backups = BackupService(self.core)
         self.rotation = RotationService(self.core, self.secrets)
         self.insight = InsightService(self.core)
+        self.alerts = AlertService(self.core)
+        self.break_glass = BreakGlassService(self.core)
 
     @property
     def settings(self) -> Settings:
@@ -115,6 +119,8 @@ class Vault:
                     created.append(f"HSM key {label}")
                 session.add(models.Kek(version=1, label=label, state=models.KeyState.CURRENT.value,
                                        created_at=utcnow()))
+            if ensure_policy(core, session, f"os:{getpass.getuser()}"):
+                created.append("critical-path policy (empty)")
             # No active security engineer (first run, or all revoked or expired): this is the
             # audited break-glass path of whoever holds the HSM PIN and the database.
             if active_engineers(core, session) == 0:

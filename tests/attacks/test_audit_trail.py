@@ -119,7 +119,7 @@ def test_the_vault_does_not_seal_over_a_recomputed_chain(
     audit_log._CHECKED.clear()  # what a new process (any CLI call) starts with
     with engine_for(env.settings.db_url).connect() as c:
         forged_head = newest(c)
-    assert cli(env, monkeypatch, tmp_path, "secret", "get", "ml/s1") == 5
+    assert cli(env, monkeypatch, tmp_path, "secret", "get", "--reason", "in a test", "ml/s1") == 5
     assert "tampered" in capsys.readouterr().err
     with engine_for(env.settings.db_url).connect() as c:
         assert newest(c) == forged_head  # nothing was appended, nothing sealed

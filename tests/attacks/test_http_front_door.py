@@ -322,8 +322,8 @@ def test_out_of_range_and_wrong_typed_numbers_are_a_400(env: Env) -> None:
                 400, "InvalidInput", 2), (method, route, body, status, answer)
             assert set(answer) == {"error", "message", "exit_code"}
         # the same routes with good numbers work
-        assert server.call("POST", "read/ml/a", env.admin.token, body='{"version": 1}'
-                           )[0] == 200
+        assert server.call("POST", "read/ml/a", env.admin.token,
+                           body='{"version": 1, "reason": "in a test"}')[0] == 200
         assert server.call("POST", "principals", env.admin.token, body=json.dumps(
             {"name": "p", "role": "viewer", "expires_at": "2030-01-01T00:00:00Z"}))[0] == 200
         stderr = server.stop()

@@ -250,11 +250,12 @@ def rotate_fails(env: Env, step: str) -> tuple[str, str]:
     with pytest.raises(RotationFailed, match=f"failed at {step}: ") as caught:
         env.vault.rotation.rotate(env.admin, APP_PATH)
     assert time.monotonic() - began < 30  # refused at once, not after timeouts
-    assert env.vault.secrets.read(env.admin, APP_PATH) == OLD.encode()
+    assert env.vault.secrets.read(env.admin, APP_PATH, reason="in a test") == OLD.encode()
     status = env.vault.rotation.show(env.admin, APP_PATH)
     assert (status.last_result, status.failures) == ("failed", 1)
     assert status.pending_version is not None
-    pending = env.vault.secrets.read(env.admin, APP_PATH, status.pending_version).decode()
+    pending = env.vault.secrets.read(env.admin, APP_PATH, status.pending_version,
+            reason="in a test").decode()
     assert pending != OLD
     current = [v for v in env.vault.secrets.versions(env.admin, APP_PATH)
                if v.state == "current"]
@@ -413,5 +414,5 @@ def test_a_dripping_service_fails_the_rotation_closed(env: Env, drip: DripServer
     with pytest.raises(RotationFailed, match=r"failed at create: .*did not finish within 1 s"):
         env.vault.rotation.rotate(env.admin, "svc/key")
     assert time.monotonic() - began < 10  # the rotation's own work plus one 1 s call
-    assert env.vault.secrets.read(env.admin, "svc/key") == b"current-key"
+    assert env.vault.secrets.read(env.admin, "svc/key", reason="in a test") == b"current-key"
     assert [v.state for v in env.vault.secrets.versions(env.admin, "svc/key")] == ["current"]

@@ -102,7 +102,7 @@ def test_a_version_naming_a_mac_key_is_tampering_not_a_crash(cli: Cli, mac: str,
     if listed == "current":  # the real KEK stays current too: the label is what is tested
         cli.sql("UPDATE mlsecrets_keks SET state = 'retired'")
     _version_names(cli, f"{cli.prefix}-{mac}", listed=listed)
-    result = cli("secret", "get", "ml/k")
+    result = cli("secret", "get", "--reason", "in a test", "ml/k")
     assert result.returncode == 5, result.stderr.decode()
     assert result.stdout == b"" and TAMPERING in result.stderr
     assert b"internal error" not in result.stderr
@@ -122,7 +122,7 @@ def test_a_version_naming_a_mac_key_fails_closed_once_that_key_is_in_use(env: En
     env.vault.audit.count(env.admin)  # seals a record: the audit MAC key is now in use here
     for _ in range(2):
         with pytest.raises(IntegrityError, match="altered outside the vault"):
-            env.vault.secrets.read(env.admin, "ml/k")
+            env.vault.secrets.read(env.admin, "ml/k", reason="in a test")
     records = env.vault.audit.tail(env.admin, 3)
     assert [(r.action, r.outcome) for r in records if r.action == "secret.read"] == [
         ("secret.read", "error")] * 2
@@ -132,7 +132,7 @@ def test_a_version_naming_a_mac_key_fails_closed_once_that_key_is_in_use(env: En
 def test_a_version_naming_a_kek_the_hsm_lacks_is_tampering(cli: Cli, listed: str | None) -> None:
     cli.ok("secret", "put", "ml/k", "--stdin", stdin=b"value")
     _version_names(cli, f"{cli.prefix}-kek-99", listed=listed)
-    result = cli("secret", "get", "ml/k")
+    result = cli("secret", "get", "--reason", "in a test", "ml/k")
     assert result.returncode == 5, result.stderr.decode()
     assert TAMPERING in result.stderr and b"kek-99" in result.stderr
 
@@ -142,7 +142,7 @@ def test_a_version_naming_a_kek_the_hsm_lacks_is_tampering(cli: Cli, listed: str
 def test_a_version_naming_no_kek_of_this_vault_is_tampering(cli: Cli, label: str) -> None:
     cli.ok("secret", "put", "ml/k", "--stdin", stdin=b"value")
     _version_names(cli, label.format(prefix=cli.prefix), listed="retired")
-    result = cli("secret", "get", "ml/k")
+    result = cli("secret", "get", "--reason", "in a test", "ml/k")
     assert result.returncode == 5 and TAMPERING in result.stderr, result.stderr.decode()
 
 

@@ -5,7 +5,8 @@ through every view. Screenshots are kept (under the test's tmp path and test-art
 
 It asserts that no secret value (canaries) is in any page's text, any DOM or any network
 response; that no token reaches the page; that an auditor sees the console, and that an
-Airflow user with no binding in the vault is refused with the vault's reason.
+Airflow user with no binding in the vault is refused with the vault's reason; and that a
+vault viewer opens on the inventory, with the views it may not use greyed out and why.
 
 The server runs under a path prefix (``[api] base_url = http://127.0.0.1:PORT/airflow``), as
 behind a proxy that serves Airflow below a path: the nav entry and the page's own requests
@@ -114,7 +115,7 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
                               next_due=utcnow() - timedelta(days=2))  # overdue
     vault.rotation.set_policy(admin, "ml/registry/token", RotationPolicy("7d", "random"))
     vault.rotation.rotate(admin, "ml/registry/token")  # a rotation in its history
-    rotated = vault.secrets.read(admin, "ml/registry/token").decode()
+    rotated = vault.secrets.read(admin, "ml/registry/token", reason="in a test").decode()
     vault.access.create_principal(admin, "airflow-user:alice", "security_engineer")
     vault.access.create_principal(admin, "airflow-user:bob", "auditor")
     vault.access.create_principal(admin, "airflow-user:dave", "viewer")
@@ -206,8 +207,9 @@ def console_frame(page: Any) -> Any:
                 if urllib.parse.urlsplit(f.url).path.startswith(f"{PREFIX}/mlsecrets/console/"))
 
 
-CONSOLE_ROUTES = ("inventory", "secrets/{path}", "principals", "principals/{name}", "rotation",
-                  "audit", "audit/health", "audit/export", "keys", "activity", "age", "reach")
+CONSOLE_ROUTES = ("me", "inventory", "secrets/{path}", "principals", "principals/{name}",
+                  "rotation", "audit", "audit/health", "audit/export", "keys", "activity", "age",
+                  "reach")
 
 
 def test_the_vault_publishes_every_route_the_console_reads(console: Console) -> None:
@@ -383,14 +385,29 @@ def test_a_viewer_sees_only_what_it_may_list(browser: Any, console: Console) -> 
     session = sign_in(browser, console, "dave")
     page = session.page
     frame = open_console(page)
-    show(page, frame, console, "inventory", shot="viewer-inventory")
-    frame.get_by_role("link", name="ml/serving/api_key").wait_for()
+    # it opens on the inventory, not on an overview of refusals
+    assert frame.locator("#tabs a.active").get_attribute("data-tab") == "inventory"
+    frame.get_by_text("ml/serving/api_key").wait_for()
     expect(frame.locator("tbody tr")).to_have_count(2)  # ml/serving/api_key, ml/registry/token
-    assert frame.get_by_role("link", name="connections/uri_db").count() == 0
-    frame.locator("#tabs a[data-tab=principals]").click()
+    assert frame.get_by_text("connections/uri_db").count() == 0
+    assert frame.get_by_role("link", name="ml/serving/api_key").count() == 0  # needs audit
+    # the views it may not use are greyed out, and one line says why
+    for tab in VIEWS:
+        link = frame.locator(f"#tabs a[data-tab={tab}]")
+        assert (link.get_attribute("aria-disabled") == "true") == (tab != "inventory"), tab
+    limits = frame.locator("#limits")
+    assert limits.is_visible() and "audit capability" in limits.inner_text()
+    assert frame.locator("#review").is_hidden()
+    frame.locator("#tabs a[data-tab=principals]").click(force=True)  # greyed: goes nowhere
     idle(page)
-    expect(frame.get_by_text("The vault does not let you see this")).to_have_count(1)
-    settle(page, console, "viewer-principals")
+    assert frame.locator("#tabs a.active").get_attribute("data-tab") == "inventory"
+    assert frame.locator("#refusal").count() == 0
+    assert frame.get_by_text("does not let you see").count() == 0
+    settle(page, console, "viewer-inventory")
+    # nothing it may not see was asked for: the vault refused it nothing
+    refused = [r.url for r in session.responses
+               if "/mlsecrets/v1/" in r.url and r.status in (401, 403)]
+    assert not refused, refused
     no_value_or_token_sent(session, console)
     page.context.close()
 
