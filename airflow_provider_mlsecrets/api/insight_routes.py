@@ -56,6 +56,11 @@ class ReviewIn(_Strict):
 def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["insight"])
 
+    @router.get("/insight/me")
+    def me(caller: Who) -> dict[str, Any]:
+        """Who you are to the vault, and the console views you may open."""
+        return plain(vault().insight.me(caller))  # type: ignore[no-any-return]
+
     @router.get("/insight/inventory")
     def inventory(caller: Who, search: Annotated[str, Query(max_length=MAX_NAME)] = "",
                   team: Annotated[str | None, Query(max_length=64)] = None,

@@ -201,6 +201,19 @@ class Bucket:
     denied: int
 
 
+VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys")  # the console's
+
+
+@dataclass(frozen=True)
+class Me:
+    """Who the caller is to the vault and which console views it may open."""
+
+    principal: str
+    role: str
+    audit: bool  # ``audit`` on every path: every view, a secret's page, the access review
+    views: tuple[str, ...]  # without ``audit``, only the inventory (filtered by ``list``)
+
+
 def team_of(path: str, template: str = TEAM_TEMPLATE) -> str | None:
     """The team whose namespace holds ``path`` (``teams/<team>/…``), else ``None``."""
     parts = template.strip("/").split("/")
@@ -492,6 +505,18 @@ class InsightService:
 
     def __init__(self, core: Core) -> None:
         self._core = core
+
+    # -- who is asking ------------------------------------------------------------------
+    def me(self, caller: Caller) -> Me:
+        """The caller's principal and the console views it may open, decided as those views
+        decide (``audit`` on every path), so the console opens on what the caller may see
+        instead of on refusals; any authenticated principal may ask, and nothing is denied
+        to find out."""
+        with self._core.operation(caller, "insight.me", None) as op:
+            audit = op.actor.may(Capability.AUDIT, None).allowed
+            op.reason += f"; audit: {'yes' if audit else 'no'}"
+            return Me(principal=op.actor.name, role=op.actor.role.value, audit=audit,
+                      views=VIEWS if audit else ("inventory",))
 
     # -- inventory ---------------------------------------------------------------------
     def inventory(self, caller: Caller, *, search: str = "", team: str | None = None,

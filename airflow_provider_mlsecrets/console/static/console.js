@@ -18,6 +18,9 @@
   const OUTCOMES = ["allowed", "denied", "not_found", "error"];
   let charts = [];
   let generation = 0; // a newer navigation makes an older one's late answers moot
+  // what the vault lets this user open (GET insight/me, at the start); null: every view
+  let allowed = null;
+  let mayAudit = true;
 
   // -- DOM ------------------------------------------------------------------------------
   function h(tag, attrs, ...children) {
@@ -53,7 +56,10 @@
       h("tbody", {}, rows.map((cells, i) => h("tr", { class: rowClass ? rowClass(i) : null },
         cells.map((c) => h("td", {}, c)))))));
   }
-  function secretLink(path) { return h("a", { href: "#/secret/" + encodeURI(path), class: "mono" }, path); }
+  function secretLink(path) {
+    if (!mayAudit) return h("span", { class: "mono" }, path); // its page needs audit
+    return h("a", { href: "#/secret/" + encodeURI(path), class: "mono" }, path);
+  }
   function principalLink(name) {
     return h("a", { href: "#/principal/" + encodeURIComponent(name), class: "mono" }, name);
   }
@@ -556,6 +562,32 @@
   }
   document.getElementById("review").addEventListener("click", review);
 
+  // -- what this user may see ------------------------------------------------------------
+  function home() { return !allowed || allowed.includes("overview") ? "overview" : allowed[0]; }
+  function mayOpen(name) {
+    if (name === "secret" || name === "principal") return mayAudit;
+    return !allowed || allowed.includes(name);
+  }
+  function limitTo(me) {
+    // open on what the vault lets this user see; grey out the rest and say why, once
+    allowed = Array.isArray(me.views) && me.views.length ? me.views : null;
+    mayAudit = me.audit !== false;
+    append(document.getElementById("who"), [me.principal + " (" + me.role + ")"]);
+    if (mayAudit) return;
+    document.body.classList.add("limited");
+    document.querySelectorAll("#tabs a").forEach((a) => {
+      if (mayOpen(a.dataset.tab)) return;
+      a.removeAttribute("href");
+      a.classList.add("unavailable");
+      a.setAttribute("aria-disabled", "true");
+      a.title = "Needs the audit capability on every path";
+    });
+    const limits = document.getElementById("limits");
+    append(limits, ["As " + me.role + ", you see the secrets you may list; the other views and " +
+      "the access review need the audit capability (auditors and security engineers)."]);
+    limits.hidden = false;
+  }
+
   // -- routing --------------------------------------------------------------------------
   const VIEWS = { overview, inventory, principals, rotation, audit, keys };
   async function route() {
@@ -563,25 +595,32 @@
     destroyCharts();
     const raw = window.location.hash.replace(/^#\/?/, "");
     const [path, query] = raw.split("?");
-    const name = path.split("/")[0] || "overview";
+    const name = path.split("/")[0] || home();
     const rest = path.slice(name.length + 1);
     document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active",
       a.dataset.tab === name || (name === "secret" && a.dataset.tab === "inventory") || (name === "principal" && a.dataset.tab === "principals")));
     clear(view);
+    if (!mayOpen(name)) { // asked by address: say so, without asking the vault for a refusal
+      view.appendChild(h("div", { class: "notice error", role: "alert" },
+        "The vault does not let you see this view: it needs the audit capability on every path. ",
+        h("a", { href: "#/" + home() }, "Back to what you may see")));
+      return;
+    }
     mark(1);
     try {
       if (name === "secret") await secret(decodeURI(rest), gen);
       else if (name === "principal") await principal(decodeURIComponent(rest), gen);
-      else await (VIEWS[name] || overview)(params(query), gen);
+      else await (VIEWS[name] || VIEWS[home()])(params(query), gen);
     } catch (e) { if (gen === generation) failed(e); } finally { mark(-1); }
   }
 
   async function start() {
     // who may look: any bound principal may list; an unbound user is refused here, with why
     try {
-      await insight("inventory", { limit: 1 });
+      limitTo(await insight("me"));
     } catch (e) {
       if (e.status === 401 || e.status === 403) { refuse(e); mark(-1); return; }
+      // a vault without the route (older): every view, each refusing what it must
     }
     mark(-1); // the page's own start (data-busy="1" in the HTML)
     window.addEventListener("hashchange", route);
