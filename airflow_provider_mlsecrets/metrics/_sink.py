@@ -13,8 +13,9 @@ Metrics are off (every call returns at once) unless ``[metrics] statsd_on``, ``o
 or ``statsd_datadog_enabled`` is set, and in a process that has not imported Airflow (the
 vault never imports it, which takes seconds, only to emit). Building the backend can wait
 on the network (a StatsD host name is resolved when its client is created), so it is built
-on a daemon thread; until it is ready, emissions are dropped, never waited for. A failure
-to build or emit is logged once at debug (its type, never a value) and counted.
+on a daemon thread; until it is ready, emissions are queued (a bounded few, then dropped)
+and sent by that thread once it is, never waited for. A failure to build or emit is logged
+once at debug (its type, never a value) and counted.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # a stats function's name and arguments
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +38,46 @@ _state = _UNDECIDED
 _stats: ModuleType | None = None
 _thread: threading.Thread | None = None
 _failures = 0
-_ours = False  # this module initialised the Task SDK's singleton (again at a reset)
+_generation = 0  # a reset or fork makes a warm-up still running from before stale
+_pending: list[Sequence[Call]] = []
+_MAX_PENDING = 256
+_again = False  # initialise the Task SDK's singleton again: [metrics] changed (reset)
 _lock = threading.Lock()
 
 
-def ready() -> ModuleType | None:
-    """The stats module to emit through, or ``None`` (off, or not ready yet)."""
+def on() -> bool:
+    """Whether metrics are on in this process (ready, or being made ready)."""
     if _state is _READY:
-        return _stats
+        return True
     if _state is _OFF:
-        return None
-    _start()
-    return None
+        return False
+    if _state is _UNDECIDED:
+        _start()
+    return _state is _READY or _state is _WARMING
+
+
+def send(calls: Sequence[Call]) -> None:
+    """Make ``calls`` on the stats module now if it is ready, else queue them."""
+    stats = _stats
+    if _state is _READY and stats is not None:
+        _perform(stats, calls)
+        return
+    with _lock:
+        if _state is _WARMING:
+            if len(_pending) < _MAX_PENDING:
+                _pending.append(calls)
+            return
+        stats = _stats if _state is _READY else None
+    if stats is not None:
+        _perform(stats, calls)
+
+
+def _perform(stats: ModuleType, calls: Sequence[Call]) -> None:
+    try:
+        for name, args, kwargs in calls:
+            getattr(stats, name)(*args, **kwargs)
+    except Exception as exc:  # whatever a backend raises, the vault's path goes on
+        failed(exc)
 
 
 def failed(exc: BaseException) -> None:
@@ -64,7 +96,7 @@ def failures() -> int:
 def wait(timeout: float) -> bool:
     """Decide and, if metrics are on, wait up to ``timeout`` seconds for the backend (tests,
     benchmarks, a short CLI command that must not lose its first metrics)."""
-    ready()
+    on()
     thread = _thread
     if thread is not None:
         thread.join(timeout)
@@ -72,10 +104,15 @@ def wait(timeout: float) -> bool:
 
 
 def reset() -> None:
-    """Read ``[metrics]`` again at the next emission (tests and benchmarks change it)."""
-    global _state, _stats, _thread
+    """Read ``[metrics]`` again at the next emission (tests and benchmarks change it; the
+    Task SDK's singleton, which importing ``airflow.sdk.serde`` initialises from the
+    configuration of that moment, is initialised again)."""
+    global _state, _stats, _thread, _generation, _again, _failures
     with _lock:
+        _again, _failures = True, 0
         _state, _stats, _thread = _UNDECIDED, None, None
+        _generation += 1
+        _pending.clear()
 
 
 
@@ -91,12 +128,12 @@ def _start() -> None:
             _state = _OFF
             return
         _state = _WARMING
-        _thread = threading.Thread(target=_warm, args=(module,), daemon=True,
+        _thread = threading.Thread(target=_warm, args=(module, _generation), daemon=True,
                                    name="mlsecrets-metrics")
         _thread.start()
 
 
-def _warm(module: ModuleType) -> None:
+def _warm(module: ModuleType, generation: int) -> None:
     """Build the backend (``timer`` with a name builds it and loads Airflow's metric
     registry, and sends nothing until stopped), then publish the module."""
     global _state, _stats
@@ -105,11 +142,18 @@ def _warm(module: ModuleType) -> None:
     except Exception as exc:  # a misconfigured backend: metrics off, the vault unaffected
         failed(exc)
         with _lock:
-            _state = _OFF
+            if generation == _generation:
+                _state = _OFF
+                _pending.clear()
         return
     with _lock:
-        if _state is _WARMING:
-            _stats, _state = module, _READY
+        if _state is not _WARMING or generation != _generation:
+            return
+        _stats, _state = module, _READY
+        queued = list(_pending)
+        _pending.clear()
+    for calls in queued:
+        _perform(module, calls)
 
 
 def _choose() -> ModuleType | None:
@@ -125,9 +169,9 @@ def _choose() -> ModuleType | None:
         core = _core_stats()
         if core is not None and _initialised(core):
             return core
-        global _ours
-        if _ours or not _initialised(sdk_state):
-            _ours = True
+        global _again
+        if _again or not _initialised(sdk_state):
+            _again = False
             sdk_stats.initialize(factory=stats_utils.get_stats_factory(),
                                  export_legacy_names=conf.getboolean(
                                      "metrics", "legacy_names_on", fallback=False))
@@ -153,10 +197,12 @@ def _initialised(module: ModuleType) -> bool:
 
 def _after_fork() -> None:
     """Airflow drops its backend in a forked child; build it again there, off the path."""
-    global _state, _thread, _lock
+    global _state, _thread, _lock, _generation
     _lock = threading.Lock()  # another thread may have held it at the fork
+    _generation += 1
     if _state is _READY or _state is _WARMING:
         _state, _thread = _UNDECIDED, None
+        _pending.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)

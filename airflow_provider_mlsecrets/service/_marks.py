@@ -55,8 +55,9 @@ class Marks:
             if head is None:
                 return  # reported by verification; appends refuse it already
             previous = hsm_mark.read(core.keys, vault_id, chain)
-            if previous is not None and (previous.seq, previous.hash) == (head.seq, head.hash):
+            if previous is not None:
                 _measure_age(chain, previous.at)
+            if previous is not None and (previous.seq, previous.hash) == (head.seq, head.hash):
                 return
             if previous is None:
                 audit_log.check_head(c, core.keys, vault_id, chain, head.seq, head.hash)
@@ -69,11 +70,11 @@ class Marks:
                         chain=chain, seq=(report.first_bad or (chain, None))[1])
             hsm_mark.write(core.keys, vault_id, chain, head.seq, head.hash,
                            format_ts(datetime.now(timezone.utc)), previous)
-        metrics.gauge("mlsecrets.audit.mark.age", 0.0, {"chain": str(chain)})
 
 
 def _measure_age(chain: int, at: str) -> None:
-    """``mlsecrets.audit.mark.age``: seconds since the chain's mark last moved."""
+    """``mlsecrets.audit.mark.age``: seconds since the chain's mark last moved, as the vault
+    is about to move it (how long it stood)."""
     if metrics.enabled():
         try:
             moved = datetime.fromisoformat(at.replace("Z", "+00:00"))
