@@ -65,6 +65,7 @@ def _identity_middleware(app: Any) -> TaskIdentityMiddleware:
 
     threading.Thread(target=_report, args=(log_findings_once,), name="mlsecrets-doctor",
                      daemon=True).start()
+    _SERVICE.state.alerts.start()  # the alert evaluator lives where the vault is served
     return TaskIdentityMiddleware(app)
 
 
@@ -92,13 +93,16 @@ def _service() -> Any:
     return app
 
 
+_SERVICE = _service()
+
+
 class MLSecretsPlugin(AirflowPlugin):
     """Mounts ``/mlsecrets/v1`` and the console page in the API server, the console's entry
     in Airflow's navigation, and the task-identity middleware."""
 
     name = "mlsecrets"
     fastapi_apps = [  # noqa: RUF012 - the base class declares these as lists
-        {"app": _service(), "url_prefix": URL_PREFIX, "name": "mlsecrets"}]
+        {"app": _SERVICE, "url_prefix": URL_PREFIX, "name": "mlsecrets"}]
     fastapi_root_middlewares = [  # noqa: RUF012
         {"middleware": _identity_middleware, "args": [], "kwargs": {},
          "name": "mlsecrets-task-identity"}]

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from airflow_provider_mlsecrets.alerts.runner import AlertRunner
 from airflow_provider_mlsecrets.api import errors
 from airflow_provider_mlsecrets.api.address import Network, networks
+from airflow_provider_mlsecrets.api.alert_routes import build_alert_router
 from airflow_provider_mlsecrets.api.auth import Verifier, authenticator
 from airflow_provider_mlsecrets.api.flood import FloodGuard, Summary, write_summary
 from airflow_provider_mlsecrets.api.hardening import Hardening, RateLimiter
@@ -60,12 +62,16 @@ def create_app(settings: Callable[[], Settings] = Settings.load, *,
         write_summary(vault().core, summary, ceiling)
 
     flood = FloodGuard(max_failed_auth, failed_auth_window, summarise)
+    # the alert evaluator of the process that serves this app; started only where the
+    # vault is served (mlsecrets serve, the API server's plugin), never at import
+    runner = AlertRunner(vault)
     atexit.register(flood.flush)  # a server stopped without its lifespan (a plugin)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         flood.flush()  # what the last window counted, before the server exits
+        runner.stop(timeout=2.0)
 
     app = FastAPI(title="mlsecrets", version=API_VERSION, openapi_url="/v1/openapi.json",
                   docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -74,8 +80,10 @@ def create_app(settings: Callable[[], Settings] = Settings.load, *,
     errors.install(app)
     app.state.authenticate = authenticator(*verifiers, vault=vault, flood=flood)
     app.state.flood = flood
+    app.state.alerts = runner
     app.include_router(build_router(vault, announce))
     app.include_router(build_insight_router(vault))
+    app.include_router(build_alert_router(vault))
     app.add_middleware(Hardening, max_body=max_body, limiter=RateLimiter(rate, burst),
                        tls=tls, trusted=trusted, flood=flood)
     return app

@@ -58,6 +58,7 @@ def _serve(args: argparse.Namespace, ctx: Context) -> None:
     app = create_app(lambda: settings, rate=args.rate, burst=args.burst,
                      max_body=args.max_body, tls=tls, max_failed_auth=args.max_failed_auth,
                      failed_auth_window=args.failed_auth_window)
+    app.state.alerts.start()  # evaluates the alert rules in this process (docs/alerts.md)
     ctx.output.warn(f"mlsecrets: serving /v1 on {'https' if tls else 'http'}://"
                     f"{args.host}:{args.port} (schema at /v1/openapi.json)")
     if settings.trusted_proxies:

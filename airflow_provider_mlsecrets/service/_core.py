@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -119,6 +120,9 @@ class Core:
         self._keys = keys
         self._vault_id: str | None = None
         self.marks = Marks(self)
+        # set after every commit of an audit record: wakes this process's alert evaluator
+        # (alerts/runner.py); setting an Event never blocks and never fails
+        self.written = threading.Event()
 
     @property
     def keys(self) -> KeyProvider:
@@ -247,6 +251,7 @@ class Core:
                                    _failure_reason(exc), op.version)
                 raise
             outcome = op.outcome
+            self.written.set()
             self.marks.after_commit(chain)
         finally:
             session.close()
@@ -338,6 +343,7 @@ class Core:
                 f"the audit record for {base.action} could not be written ({exc}); "
                 "nothing was done"
             ) from exc
+        self.written.set()
         self.marks.after_commit(chain)
 
 
