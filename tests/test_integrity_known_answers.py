@@ -35,3 +35,28 @@ def test_secret_row_mac_known_answers(max_versions: int | None, rotation: str | 
                  deleted_at=None, max_versions=max_versions, rotation=rotation)
     assert hmac.new(KEY, _secret_bytes(VAULT, row), hashlib.sha256).hexdigest() == want
     assert want in (ROOT / "docs" / "formats.md").read_text()
+
+
+def test_break_glass_row_mac_known_answers() -> None:
+    from datetime import datetime, timezone
+
+    from airflow_provider_mlsecrets.service._integrity import _policy_bytes, _request_bytes
+    from airflow_provider_mlsecrets.store.models import AccessRequest, VaultPolicy
+
+    def at(minute: int) -> datetime:
+        return datetime(2026, 12, 3, 9, minute, tzinfo=timezone.utc)
+
+    policy = VaultPolicy(name="critical", value='["prod/**"]', changed_by="alice",
+                         changed_at=at(0))
+    request = AccessRequest(id="3f2a" + "0" * 28, principal="alice",
+                            path="prod/payments/api_key",
+                            justification="INC-4711: provider rotated", window_seconds=900,
+                            requested_at=at(0), state="approved", decided_by="carol",
+                            decided_at=at(5), expires_at=at(20))
+    doc = (ROOT / "docs" / "formats.md").read_text()
+    for data, want in ((_policy_bytes(VAULT, policy),
+                        "58463d934c711a188ee5c6a59fd3366a6fa19a697d69aca6ba4d95dea30fa066"),
+                       (_request_bytes(VAULT, request),
+                        "f18a4bab5e95aacaffed9f05893e4078a55d8267e58a769be7072453a2dbcea5")):
+        assert hmac.new(KEY, data, hashlib.sha256).hexdigest() == want
+        assert want in doc
