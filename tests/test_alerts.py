@@ -6,9 +6,13 @@ token is in any alert, and nothing in a record is rendered as a template."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +39,7 @@ from airflow_provider_mlsecrets.store.engine import engine_for
 from airflow_provider_mlsecrets.store.models import Alert
 from tests import rotator_probe
 from tests.conftest import Database, make_settings, run_forked
-from tests.receivers import Inbox, Mailbox, http_receiver, smtp_server
+from tests.receivers import Inbox, Mailbox, free_port, http_receiver, smtp_server
 from tests.rotator_probe import ProbeService
 from tests.test_audit import tamper
 
@@ -370,3 +374,119 @@ def test_defaults_without_a_file() -> None:
     config = alert_config.load(None)
     assert set(config.rules) == set(alert_config.DEFAULTS) and config.notifiers == ()
     assert config.rules["denial_burst"].count == 10
+
+
+def test_the_background_evaluator_is_woken_by_a_commit(scene: Scene) -> None:
+    from airflow_provider_mlsecrets.alerts.runner import AlertRunner
+
+    vault = Vault(dataclasses.replace(scene.settings, alert_interval=3600))
+    vault.secrets.put(scene.admin, "ml/prod/db", CANARY)
+    runner = AlertRunner(lambda: vault, min_gap=0.05)
+    runner.start()
+    try:
+        wait_until(lambda: runner.passes >= 1)
+        vault.secrets.read(scene.admin, "ml/prod/db", reason="woken by the commit")
+        wait_until(lambda: len(scene.mail.raw) == 1)  # long before the hour's interval
+    finally:
+        runner.stop()
+    assert scene.rules() == ["human_read"]
+
+
+def wait_until(condition: Any, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    import uvicorn
+
+    from airflow_provider_mlsecrets.api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(lambda: settings), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_routes_client_and_cli_through_the_service(scene: Scene, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow_provider_mlsecrets.cli.main import main
+    from airflow_provider_mlsecrets.client.remote import RemoteVault
+
+    vault, admin = scene.vault, scene.admin
+    vault.secrets.put(admin, "ml/prod/db", CANARY)
+    auditor = scene.principal("auditor", "auditor", ("**", ["audit", "list"]))
+    viewer = scene.principal("viewer", "viewer", ("ml/**", ["list"]))
+    with serving(scene.settings) as url:
+        remote = RemoteVault(dataclasses.replace(scene.settings, url=url))
+        assert remote.alerts.run(auditor).raised == 0  # seeds
+        vault.secrets.read(admin, "ml/prod/db", reason="over the service")
+        result = remote.alerts.run(auditor)
+        assert (result.raised, result.sent) == (1, 1)
+        (alert,) = remote.alerts.open(auditor)
+        assert (alert.rule, alert.path, alert.principal) == ("human_read", "ml/prod/db",
+                                                             "admin")
+        with pytest.raises(AccessDenied):
+            remote.alerts.list(viewer)
+        with pytest.raises(AccessDenied):
+            remote.alerts.run(viewer)
+        assert remote.alerts.test(auditor) == {"mail": "sent", "hook": "sent"}
+        token = tmp_path / "auditor.token"
+        token.write_text(auditor.token or "")
+        env = {"MLSECRETS_URL": url, "MLSECRETS_TOKEN_FILE": str(token),
+               "MLSECRETS_HOME": str(tmp_path)}
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            capsys.readouterr()
+            assert main(["alerts", "list", "--open", "--json"]) == 0
+            assert [a["id"] for a in json.loads(capsys.readouterr().out)] == [alert.id]
+            assert main(["alerts", "ack", str(alert.id)]) == 0
+            assert "acknowledged by auditor" in capsys.readouterr().out
+            assert main(["alerts", "list", "--open"]) == 0
+            assert "no alerts open" in capsys.readouterr().out
+            assert main(["alerts", "run", "--json"]) == 0
+            assert json.loads(capsys.readouterr().out)["raised"] == 0
+            assert main(["alerts", "test"]) == 0
+    actions = [r.action for r in vault.audit.tail(admin, 40)]
+    for action in ("alert.evaluate", "insight.alerts", "alert.list", "alert.ack",
+                   "alert.test"):
+        assert action in actions
+    assert len(scene.mail.raw) == 3  # the alert, two tests
+    assert CANARY.decode() not in everything_sent(scene)
+
+
+def test_the_remote_alerts_take_the_same_parameters() -> None:
+    import inspect
+
+    from airflow_provider_mlsecrets.client.remote import RemoteAlerts
+    from airflow_provider_mlsecrets.service.alerts import AlertService
+
+    for name in ("run", "list", "open", "ack", "test"):
+        ours = inspect.signature(getattr(RemoteAlerts, name)).parameters
+        theirs = inspect.signature(getattr(AlertService, name)).parameters
+        assert list(ours) == list(theirs), name
+
+
+def test_the_maintenance_dag_runs_every_minute_without_catchup() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "maintenance", Path(__file__).parents[1] / "example_dags" / "mlsecrets_maintenance.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.dag
+    assert (dag.dag_id, dag.catchup, dag.max_active_runs) == ("mlsecrets_maintenance", False, 1)
+    assert dag.schedule == "* * * * *"
+    assert [t.task_id for t in dag.tasks] == ["evaluate_alerts"]

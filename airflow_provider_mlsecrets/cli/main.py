@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from airflow_provider_mlsecrets.cli import (
     _admin,
     _airflow,
+    _alerts,
     _audit,
     _backup,
     _break_glass,
@@ -73,6 +74,7 @@ def build_parser(prog: str = "mlsecrets") -> argparse.ArgumentParser:
                     "MLSECRETS_* variables (see docs/configuration.md).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (_admin, _secrets, _rotation, _principals, _break_glass, _audit, _review,
+                   _alerts,
                    _backup, _airflow, _serve, _doctor):
         module.register(commands, common)
     return parser

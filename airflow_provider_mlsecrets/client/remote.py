@@ -21,6 +21,7 @@ from airflow_provider_mlsecrets.audit.verify import Progress, Report
 from airflow_provider_mlsecrets.paths import parse_path
 from airflow_provider_mlsecrets.service import Caller
 from airflow_provider_mlsecrets.service.access import GrantInfo, PrincipalInfo
+from airflow_provider_mlsecrets.service.alerts import AlertView, PassResult
 from airflow_provider_mlsecrets.service.audit import AuditFilter, AuditView
 from airflow_provider_mlsecrets.service.break_glass import DEFAULT_WINDOW, AccessRequestInfo
 from airflow_provider_mlsecrets.service.keys import RotationReport
@@ -328,6 +329,29 @@ class RemoteKeys(_Unsupported):
         return report
 
 
+class RemoteAlerts(_Unsupported):
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def run(self, caller: Caller) -> PassResult:
+        return _build(PassResult, self._http.call(caller, "POST", "alerts/evaluate"))
+
+    def list(self, caller: Caller, *, open_only: bool = False, limit: int = 100
+             ) -> builtins.list[AlertView]:
+        return [_build(AlertView, r) for r in self._http.call(
+            caller, "GET", "alerts", params={"open": open_only, "limit": limit})]
+
+    def open(self, caller: Caller, *, limit: int = 100) -> builtins.list[AlertView]:
+        return [_build(AlertView, r) for r in self._http.call(
+            caller, "GET", "insight/alerts", params={"limit": limit})]
+
+    def ack(self, caller: Caller, alert_id: int) -> AlertView:
+        return _build(AlertView, self._http.call(caller, "POST", f"alerts/{int(alert_id)}/ack"))
+
+    def test(self, caller: Caller) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._http.call(caller, "POST", "alerts/test").items()}
+
+
 class RemoteVault(_Unsupported):
     """What :class:`~..service.Vault` offers, over HTTP; see :func:`..open_vault`."""
 
@@ -341,6 +365,7 @@ class RemoteVault(_Unsupported):
         self.rotation = RemoteRotation(http)
         self.keys = RemoteKeys(http)
         self.break_glass = RemoteBreakGlass(http)
+        self.alerts = RemoteAlerts(http)
 
     def status(self, caller: Caller) -> dict[str, object]:
         return dict(self._http.call(caller, "GET", "status"))
