@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
-from statsd import StatsClient
+from statsd import StatsClient  # type: ignore[import-untyped]
 
 from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets.errors import IntegrityError, RotationFailed
@@ -50,7 +50,8 @@ class Receiver:
                 "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True"}
 
     def drain(self, quiet: float = 0.5) -> list[dict[str, object]]:
-        """Every packet until none came for ``quiet`` seconds, parsed."""
+        """Every packet the vault queued, until none came for ``quiet`` seconds, parsed."""
+        assert metrics.flush(30)
         self.sock.settimeout(quiet)
         try:
             while True:
@@ -244,6 +245,7 @@ def test_a_broken_metrics_backend_changes_nothing(
         with pytest.raises(IntegrityError):  # an error is still the vault's error
             _tampered(env)
         env.vault.audit.verify(env.admin)
+        metrics.flush(5)
         if broken == "raises":
             assert metrics.failures() > 0
     finally:

@@ -1,11 +1,12 @@
 """The vault's metrics, through Airflow's own (StatsD or OpenTelemetry, as ``[metrics]``
 configures it); every name is in docs/metrics.md.
 
-Each function returns at once when metrics are off, never waits for a backend and never
-raises: the audited path must not wait on, or fail because of, a metrics backend. Tags
-carry the action, the outcome, the kind of lookup and (for injections and reads) the DAG,
-never a path: a path is not a value, but there are as many as there are secrets, and a tag
-per path would make a time series per secret in every backend (the audit trail answers
+Each function returns at once when metrics are off, and otherwise only queues its calls
+for the emitting thread (see :mod:`._sink`); none waits for a backend or raises: the
+audited path must not wait on, or fail because of, a metrics backend. Tags carry the
+action, the outcome, the kind of lookup and (for injections and reads) the DAG, never a
+path: a path is not a value, but there are as many as there are secrets, and a tag per
+path would make a time series per secret in every backend (the audit trail answers
 "which path").
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from airflow_provider_mlsecrets.metrics._sink import Call, failures, on, reset, send, wait
+from airflow_provider_mlsecrets.metrics._sink import Call, failures, flush, on, reset, send, wait
 
-__all__ = ["append", "count", "enabled", "failures", "gauge", "lookup", "operation", "reset",
-           "wait"]
+__all__ = ["append", "count", "enabled", "failures", "flush", "gauge", "lookup", "operation",
+           "reset", "wait"]
 
 # actions with a metric of their own besides mlsecrets.operation
 _NAMED = {"secret.inject": "mlsecrets.inject", "secret.read": "mlsecrets.read"}

@@ -14,12 +14,17 @@ or ``statsd_datadog_enabled`` is set, and in a process that has not imported Air
 vault never imports it, which takes seconds, only to emit). Building the backend can wait
 on the network (a StatsD host name is resolved when its client is created), so it is built
 on a daemon thread; until it is ready, emissions are queued (a bounded few, then dropped)
-and sent by that thread once it is, never waited for. A failure to build or emit is logged
-once at debug (its type, never a value) and counted.
+and sent by that thread once it is, never waited for (at exit, for up to a second). Once it
+is ready, a vault operation makes its calls itself: a StatsD packet is one non-blocking UDP
+send, an OpenTelemetry instrument records in memory and its exporter sends from a thread of
+its own. (A thread of ours for every send measured slower: the vault's thread then waits for
+the interpreter lock while that thread formats packets.) A failure to build or emit is
+logged once at debug (its type, never a value) and counted.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -101,6 +106,15 @@ def wait(timeout: float) -> bool:
     if thread is not None:
         thread.join(timeout)
     return _state is _READY
+
+
+def flush(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until what was queued while the backend was being
+    built has been sent (after that, nothing is queued)."""
+    thread = _thread
+    if thread is not None:
+        thread.join(timeout)
+    return _state is not _WARMING
 
 
 def reset() -> None:
@@ -206,3 +220,4 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+atexit.register(flush, 1.0)  # a short process (a CLI lookup) sends what it queued
