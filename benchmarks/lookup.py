@@ -7,6 +7,11 @@ A last row moves the HSM's high-water mark of the audit trail after every lookup
 (``MLSECRETS_AUDIT_MARK_INTERVAL=0``) instead of at most once a minute (the default, in the
 row above it), to show what a mark costs and that the default keeps it off the median.
 
+A second table puts the same lookup with the vault's metrics off and on side by side
+(:func:`metrics_off_on`: Airflow's StatsD client sending to a real local UDP socket that a
+thread drains), in interleaved rounds, with the ratio; and what the metrics hook costs a
+vault operation when metrics are off.
+
 Prints median and p99 per lookup and the ratio to the metastore; ``--json`` for machines.
 Run: ``.venv/bin/python benchmarks/lookup.py [-n 300] [--json]``
 """
@@ -16,8 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +52,83 @@ def prepare(base: Path) -> dict[str, str]:
                    capture_output=True, env={**os.environ})
     (base / "connections.json").write_text(json.dumps({"bench_db": URI}))
     return env
+
+
+def metrics_off_on(lookup: Callable[[], object], n: int,
+                   rounds: int = 6) -> dict[str, dict[str, float]]:
+    """The lookup with the vault's metrics off, then on (``[metrics] statsd_on`` to a bound
+    UDP socket, drained by a thread as a StatsD daemon would), in ``rounds`` alternating
+    blocks so that drift on a busy machine falls on both; the on/off ratio of the medians.
+    Adds ``packets per lookup`` and the off-path cost of the hook (ns per call)."""
+    from airflow_provider_mlsecrets import metrics
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    received = [0]
+    stop = threading.Event()
+
+    def drain() -> None:
+        sink.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                sink.recv(65536)
+                received[0] += 1
+            except TimeoutError:
+                continue
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    on = {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+          "AIRFLOW__METRICS__STATSD_PORT": str(sink.getsockname()[1])}
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    per = max(1, n // rounds)
+    counted = 0
+    try:
+        for _ in range(rounds):
+            for state in ("off", "on"):
+                if state == "on":
+                    os.environ.update(on)
+                else:
+                    for key in on:
+                        os.environ.pop(key, None)
+                metrics.reset()
+                assert metrics.wait(10) == (state == "on"), state
+                before = received[0]
+                samples[state] += timings(lookup, per, warmup=5)
+                if state == "on":  # everything queued sent, then received, before counting
+                    metrics.flush(10)
+                    time.sleep(0.3)
+                    counted += received[0] - before
+        os.environ.update(on)
+        metrics.reset()
+        metrics.wait(10)
+        emits = 2_000
+        start = time.perf_counter()
+        for _ in range(emits):  # what one lookup emits: the lookup, its inject, its record
+            metrics.lookup("connection", "found", 0.001)
+            metrics.operation("secret.inject", "allowed", 0.001)
+            metrics.append(0.0001)
+        on_us = (time.perf_counter() - start) / emits * 1e6
+        for key in on:
+            os.environ.pop(key, None)
+        metrics.reset()
+        metrics.wait(10)
+        calls = 200_000
+        start = time.perf_counter()
+        for _ in range(calls):
+            metrics.operation("secret.inject", "allowed", 0.001)
+        off_ns = (time.perf_counter() - start) / calls * 1e9
+    finally:
+        stop.set()
+        drainer.join()
+        sink.close()
+    rows = {f"metrics {state}": summary(values) for state, values in samples.items()}
+    rows["metrics on"]["ratio_to_off"] = (rows["metrics on"]["median_us"]
+                                          / rows["metrics off"]["median_us"])
+    rows["metrics on"]["packets_per_lookup"] = counted / (per * rounds + 5 * rounds)
+    rows["metrics off"]["hook_ns_when_off"] = off_ns
+    rows["metrics on"]["emit_us_per_lookup"] = on_us
+    return rows
 
 
 def main() -> None:
@@ -102,17 +187,31 @@ def main() -> None:
     marking = MLSecretsBackend(token_file=str(base / "bench.token"))
     rows["MLSecretsBackend, HSM mark after every lookup"] = summary(timings(
         lambda: marking.get_connection("bench_db"), args.n, warmup=20))
+    del os.environ["MLSECRETS_AUDIT_MARK_INTERVAL"]
+    measured = MLSecretsBackend(token_file=str(base / "bench.token"))
+    observed = metrics_off_on(lambda: measured.get_connection("bench_db"), args.n)
     metastore = rows["MetastoreBackend (Fernet, SQLite)"]["median_us"]
     for row in rows.values():
         row["ratio_to_metastore"] = row["median_us"] / metastore
     if args.json:
-        print(json.dumps({"samples": args.n, "backends": rows}, indent=2))
+        print(json.dumps({"samples": args.n, "backends": rows, "metrics": observed},
+                         indent=2))
         return
     print(f"connection lookup, {args.n} samples each (same process, same connection)")
     print(f"{'backend':<46}{'median':>12}{'p99':>12}{'x metastore':>13}")
     for name, row in rows.items():
         print(f"{name:<46}{row['median_us']:>10.0f}us{row['p99_us']:>10.0f}us"
               f"{row['ratio_to_metastore']:>12.2f}x")
+    off, on = observed["metrics off"], observed["metrics on"]
+    print(f"\nMLSecretsBackend, vault metrics off and on (StatsD to a local UDP socket, "
+          f"{args.n} samples each, interleaved)")
+    print(f"{'metrics':<46}{'median':>12}{'p99':>12}{'x off':>13}")
+    print(f"{'off':<46}{off['median_us']:>10.0f}us{off['p99_us']:>10.0f}us{1.0:>12.2f}x")
+    label = f"on (StatsD, {on['packets_per_lookup']:.1f} packets per lookup)"
+    print(f"{label:<46}"
+          f"{on['median_us']:>10.0f}us{on['p99_us']:>10.0f}us{on['ratio_to_off']:>12.2f}x")
+    print(f"the metrics hook with metrics off: {off['hook_ns_when_off']:.0f} ns per vault "
+          f"operation; on: {on['emit_us_per_lookup']:.0f} us of emitting per lookup")
 
 
 if __name__ == "__main__":
