@@ -12,6 +12,9 @@ A second table puts the same lookup with the vault's metrics off and on side by 
 thread drains), in interleaved rounds, with the ratio; and what the metrics hook costs a
 vault operation when metrics are off.
 
+A third puts it with the vault's alert evaluator off and on (:func:`alerts_off_on`: the
+background thread of docs/alerts.md, woken after each commit), interleaved the same way.
+
 Prints median and p99 per lookup and the ratio to the metastore; ``--json`` for machines.
 Run: ``.venv/bin/python benchmarks/lookup.py [-n 300] [--json]``
 """
@@ -131,6 +134,34 @@ def metrics_off_on(lookup: Callable[[], object], n: int,
     return rows
 
 
+def alerts_off_on(backend: object, n: int, rounds: int = 6) -> dict[str, dict[str, float]]:
+    """The lookup with the vault's alert evaluator off, then on (docs/alerts.md: the
+    background thread of the process that holds the vault, woken after each commit, passes at
+    least a second apart, with the default rules), in ``rounds`` alternating rounds of
+    ``n / rounds`` lookups, so drift hits both alike."""
+    from airflow_provider_mlsecrets.alerts.runner import AlertRunner
+
+    lookup = lambda: backend.get_connection("bench_db")  # type: ignore[attr-defined]  # noqa: E731
+    vault = backend._get_vault()  # type: ignore[attr-defined]
+    vault.alerts.run_pass()  # seeded: the trail so far raises nothing
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    passes, per = 0, max(n // rounds, 1)
+    for _ in range(rounds):
+        for state in ("off", "on"):
+            runner = AlertRunner(lambda: vault) if state == "on" else None
+            if runner is not None:
+                runner.start()
+            samples[state] += timings(lookup, per, warmup=5)
+            if runner is not None:
+                runner.stop()
+                passes += runner.passes
+    rows = {f"alerts {state}": summary(values) for state, values in samples.items()}
+    rows["alerts on"]["ratio_to_off"] = rows["alerts on"]["median_us"] / rows[
+        "alerts off"]["median_us"]
+    rows["alerts on"]["passes"] = passes
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true")
@@ -190,11 +221,13 @@ def main() -> None:
     del os.environ["MLSECRETS_AUDIT_MARK_INTERVAL"]
     measured = MLSecretsBackend(token_file=str(base / "bench.token"))
     observed = metrics_off_on(lambda: measured.get_connection("bench_db"), args.n)
+    alerting = alerts_off_on(measured, args.n)
     metastore = rows["MetastoreBackend (Fernet, SQLite)"]["median_us"]
     for row in rows.values():
         row["ratio_to_metastore"] = row["median_us"] / metastore
     if args.json:
-        print(json.dumps({"samples": args.n, "backends": rows, "metrics": observed},
+        print(json.dumps({"samples": args.n, "backends": rows, "metrics": observed,
+                          "alerts": alerting},
                          indent=2))
         return
     print(f"connection lookup, {args.n} samples each (same process, same connection)")
@@ -212,6 +245,13 @@ def main() -> None:
           f"{on['median_us']:>10.0f}us{on['p99_us']:>10.0f}us{on['ratio_to_off']:>12.2f}x")
     print(f"the metrics hook with metrics off: {off['hook_ns_when_off']:.0f} ns per vault "
           f"operation; on: {on['emit_us_per_lookup']:.0f} us of emitting per lookup")
+    off, on = alerting["alerts off"], alerting["alerts on"]
+    print(f"\nMLSecretsBackend, the vault's alert evaluator off and on (its background thread, "
+          f"default rules, {on['passes']:.0f} passes; interleaved)")
+    print(f"{'alerts':<46}{'median':>12}{'p99':>12}{'x off':>13}")
+    print(f"{'off':<46}{off['median_us']:>10.0f}us{off['p99_us']:>10.0f}us{1.0:>12.2f}x")
+    print(f"{'on':<46}{on['median_us']:>10.0f}us{on['p99_us']:>10.0f}us"
+          f"{on['ratio_to_off']:>12.2f}x")
 
 
 if __name__ == "__main__":
