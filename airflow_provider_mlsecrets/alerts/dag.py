@@ -41,9 +41,9 @@ def create_maintenance_dag(
         @task
         def evaluate_alerts() -> dict[str, Any]:
             from airflow_provider_mlsecrets.plain import plain
-            from airflow_provider_mlsecrets.rotation.dag import _vault
+            from airflow_provider_mlsecrets.rotation.dag import task_vault
 
-            vault, caller = _vault(mlsecrets_conn_id)
+            vault, caller = task_vault(mlsecrets_conn_id, "the maintenance DAG")
             result = vault.alerts.run(caller)
             log.info("alerts: %d record(s) evaluated, %d raised, %d delivered, %d failed, %d "
                      "waiting", result.records, result.raised, result.sent, result.failed,

@@ -32,10 +32,10 @@ def secret_asset(path: str) -> Asset:
     return Asset(f"{SCHEME}://{path}")
 
 
-def _vault(conn_id: str) -> tuple[Any, Any]:
-    """The vault the task reaches (the service at ``MLSECRETS_URL``, or an embedded one)
-    and the rotating principal. A missing setting fails the task for good, saying what to
-    configure: retrying cannot fix it."""
+def task_vault(conn_id: str, dag: str = "the rotation DAG") -> tuple[Any, Any]:
+    """The vault a maintenance task reaches (the service at ``MLSECRETS_URL``, or an
+    embedded one) and its principal. A missing setting fails the task for good, saying what
+    to configure: retrying cannot fix it."""
     from airflow_provider_mlsecrets.errors import ConfigurationError
     from airflow_provider_mlsecrets.hooks.vault import MLSecretsHook
 
@@ -45,7 +45,7 @@ def _vault(conn_id: str) -> tuple[Any, Any]:
     except ConfigurationError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"the rotation DAG is not configured: {exc}") from None
+        raise AirflowFailException(f"{dag} is not configured: {exc}") from None
 
 
 def create_rotation_dag(
@@ -86,14 +86,14 @@ def create_rotation_dag(
     def rotation() -> None:
         @task
         def find_due() -> list[str]:
-            vault, caller = _vault(mlsecrets_conn_id)
+            vault, caller = task_vault(mlsecrets_conn_id)
             due: list[str] = vault.rotation.due(caller)
             log.info("%d secret(s) due: %s", len(due), ", ".join(due) or "none")
             return due
 
         @task(outlets=[AssetAlias(ROTATED)])
         def rotate(path: str, *, outlet_events: Any = None) -> dict[str, Any]:
-            vault, caller = _vault(mlsecrets_conn_id)
+            vault, caller = task_vault(mlsecrets_conn_id)
             try:
                 result = vault.rotation.rotate(caller, path, only_if_due=True)
             except RotationBusy as exc:  # another run holds it: not this run's failure
@@ -108,7 +108,7 @@ def create_rotation_dag(
 
         @task
         def rotate_key() -> dict[str, Any]:
-            vault, caller = _vault(mlsecrets_conn_id)
+            vault, caller = task_vault(mlsecrets_conn_id)
             current = next(k for k in vault.key_list(caller) if k.state == "current")
             created = datetime.fromisoformat(current.created_at.replace("Z", "+00:00"))
             if kek_age is None or datetime.now(timezone.utc) - created < kek_age:
@@ -123,7 +123,7 @@ def create_rotation_dag(
         @task(trigger_rule="all_done")
         def verify_and_summarise(due: list[str], results: Iterable[Any],
                                  key: Mapping[str, Any] | None) -> dict[str, Any]:
-            vault, caller = _vault(mlsecrets_conn_id)
+            vault, caller = task_vault(mlsecrets_conn_id)
             destroyed = vault.rotation.retain(caller)
             summary = summarise(due or [], results or [],
                                 [s.path for s in vault.rotation.status(caller)])
