@@ -334,7 +334,7 @@ def test_the_console_asks_which_views_it_may_show_without_a_denial(scene: Scene)
     for who in (scene.auditor, env.admin):
         assert insight.me(who).audit is True
         assert insight.me(who).views == ("overview", "inventory", "principals", "rotation",
-                                         "audit", "keys")
+                                         "audit", "keys", "alerts")
     assert insight.me(scene.pipe).views == ("inventory",)
     access.grant(env.admin, "aud", "teams/**", ["audit"], deny=True)
     assert insight.me(scene.auditor).audit is False
@@ -594,7 +594,7 @@ def test_every_insight_route_answers_an_auditor_and_refuses_a_viewer(
     with TestClient(create_app(lambda: env.settings)) as client:
         routes = ["secrets/ml/hf/token", "principals", "principals/pipe", "rotation",
                   "audit", "audit/health", "keys", "activity", "reach", "age",
-                  "audit/export"]
+                  "audit/export", "approvals"]
         for route in routes:
             response = client.get(f"/v1/insight/{route}",
                                   headers={"authorization": f"Bearer {scene.auditor.token}"})
@@ -630,6 +630,45 @@ def test_every_insight_route_answers_an_auditor_and_refuses_a_viewer(
         lines = [json.loads(line) for line in export.text.splitlines()]
         assert [r["outcome"] for r in lines] == ["allowed", "allowed", "denied"]
         assert "attachment" in export.headers["content-disposition"]
+
+
+def test_the_approvals_route_shows_what_waits_for_a_second_engineer(scene: Scene) -> None:
+    """``GET /v1/insight/approvals``: the pending requests and open windows (as ``access list
+    --open``), to an auditor; a viewer is refused; no value, no token hash."""
+    env, admin = scene.env, scene.env.admin
+    env.vault.break_glass.set_critical(admin, add=("ml/**",))
+    eve = env.principal("eve", "security_engineer")
+    waiting = env.vault.break_glass.request(eve, "ml/openai/api_key",
+                                            "incident 42: was the key used from outside?")
+    opened = env.vault.break_glass.request(eve, "ml/hf/token", "rotate by hand", "30m")
+    env.vault.break_glass.approve(admin, opened.id)
+    refused = env.vault.break_glass.request(eve, "ml/hf/token", "once more, please")
+    env.vault.break_glass.deny(admin, refused.id)
+    with TestClient(create_app(lambda: env.settings)) as client:
+        response = client.get("/v1/insight/approvals",
+                              headers={"authorization": f"Bearer {scene.auditor.token}"})
+        assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+        rows = {r["id"]: r for r in response.json()}
+        assert set(rows) == {waiting.id, opened.id}  # the denied one is closed
+        assert all(set(r) == {"id", "principal", "path", "state", "window_seconds",
+                              "requested_at", "decided_by", "expires_at", "justification"}
+                   for r in rows.values())
+        pending, approved = rows[waiting.id], rows[opened.id]
+        assert (pending["principal"], pending["path"], pending["state"]) == (
+            "eve", "ml/openai/api_key", "pending")
+        assert pending["justification"] == "incident 42: was the key used from outside?"
+        assert pending["window_seconds"] == 900 and pending["decided_by"] is None
+        assert pending["expires_at"] is None and pending["requested_at"].startswith("20")
+        assert (approved["state"], approved["decided_by"], approved["window_seconds"]) == (
+            "approved", "admin", 1800)
+        assert approved["expires_at"] > approved["requested_at"]
+        no_secret_in(env, response.text)
+        record = last_record(env, "access.list")
+        assert record.principal == "aud" and record.outcome == "allowed"
+        assert record.reason.endswith("2 shown")
+        assert get(client, "approvals", scene.viewer)[0] == 403
+        assert last_record(env, "access.list").outcome == "denied"
+        assert get(client, "approvals", Caller("mls_" + "C" * 43))[0] == 401
 
 
 # -- indexes ---------------------------------------------------------------------------------

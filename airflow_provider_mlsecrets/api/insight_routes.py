@@ -44,6 +44,8 @@ def moment(text: str | None, default: str | None = None) -> datetime | None:
     return max(found, EARLIEST)
 
 
+APPROVAL_FIELDS = ("id", "principal", "path", "state", "window_seconds", "requested_at",
+                   "decided_by", "expires_at", "justification")
 MEDIA = {"json": "application/json", "html": "text/html; charset=utf-8",
          "csv": "text/csv; charset=utf-8"}
 
@@ -171,6 +173,14 @@ def build_insight_router(vault: Callable[[], Vault]) -> APIRouter:
         start = moment(since, "7d") or datetime.now(timezone.utc)
         return [{"dag_id": dag, "path": path, "allowed": n}
                 for dag, path, n in vault().insight.reach_graph(caller, since=start)]
+
+    @router.get("/insight/approvals")
+    def approvals(caller: Who) -> builtins.list[dict[str, Any]]:
+        """Break-glass requests waiting for a second engineer, and the windows open now
+        (``access.list``, as ``mlsecrets access list --open``): the console shows them and
+        approves nothing."""
+        return [plain({name: getattr(r, name) for name in APPROVAL_FIELDS})
+                for r in vault().break_glass.requests(caller, open_only=True)]
 
     @router.get("/insight/age")
     def age(caller: Who) -> builtins.list[dict[str, Any]]:

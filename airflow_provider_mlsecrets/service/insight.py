@@ -201,7 +201,8 @@ class Bucket:
     denied: int
 
 
-VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys")  # the console's
+VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys",  # the console's
+         "alerts")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ through every view. Screenshots are kept (under the test's tmp path and test-art
 It asserts that no secret value (canaries) is in any page's text, any DOM or any network
 response; that no token reaches the page; that an auditor sees the console, and that an
 Airflow user with no binding in the vault is refused with the vault's reason; and that a
-vault viewer opens on the inventory, with the views it may not use greyed out and why.
+vault viewer opens on the inventory, with the views it may not use greyed out and why; and
+that the Alerts view shows an open alert (a person's read) and the break-glass requests waiting
+for a second engineer or open, counted on the tab, with nothing to approve them by.
 
 The server runs under a path prefix (``[api] base_url = http://127.0.0.1:PORT/airflow``), as
 behind a proxy that serves Airflow below a path: the nav entry and the page's own requests
@@ -42,9 +44,11 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CANARY = "console-canary-" + secrets.token_hex(8)
+CRITICAL_CANARY = "critical-canary-" + secrets.token_hex(8)
+INCIDENT = "incident 7: a payments DB login from an unknown host"
 # alice a security engineer, bob an auditor, carol unbound, dave a vault viewer of ml/**
 USERS = "alice:admin,bob:viewer,carol:viewer,dave:op"
-VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys")
+VIEWS = ("overview", "inventory", "principals", "rotation", "audit", "keys", "alerts")
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 PREFIX = "/airflow"  # the path of [api] base_url
 TIMEOUT = 30_000  # ms, for one element or answer
@@ -105,6 +109,7 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
     except ImportError:
         _need("the playwright package (the test extra)")
     vault, admin = airflow_env.vault, airflow_env.admin
+    vault.alerts.run_pass()  # the first pass seeds: what came before raises nothing
     vault.secrets.put(admin, "ml/serving/api_key", CANARY.encode(),
                       description="model serving API key", owner="ml-platform")
     vault.secrets.put(admin, "ml/registry/token", b"registry-canary-" + secrets.token_hex(6)
@@ -127,7 +132,22 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
     vault.secrets.inject(task, "ml/serving/api_key")
     with pytest.raises(AccessDenied):
         vault.secrets.inject(task, "ml/registry/token")  # a denial on the timeline
+    # a break-glass read asked for by one security engineer and waiting for another, and
+    # one approved (its window open)
+    vault.secrets.put(admin, "prod/payments/db_password", CRITICAL_CANARY.encode(),
+                      description="payments database", owner="payments")
+    vault.break_glass.set_critical(admin, add=("prod/**",))
+    eve = Caller(vault.access.create_principal(admin, "eve", "security_engineer"),
+                 {"component": "test"})
+    vault.break_glass.request(eve, "prod/payments/db_password", INCIDENT, "30m")
+    opened = vault.break_glass.request(eve, "prod/payments/db_password",
+                                       "rotate the payments password by hand")
+    vault.break_glass.approve(admin, opened.id)
     vault.audit.verify(admin)
+    # the read of ml/registry/token above is a person's read: an open human_read alert
+    vault.alerts.run_pass()
+    raised = vault.alerts.list(admin, open_only=True)
+    assert ("human_read", "ml/registry/token") in {(a.rule, a.path) for a in raised}
 
     port = free_port()
     url = f"http://127.0.0.1:{port}{PREFIX}"
@@ -149,7 +169,8 @@ def console(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFactory
         shots.mkdir()
         schema = httpx.get(f"{url}/mlsecrets/v1/openapi.json", timeout=30).json()
         cli_env = {**airflow_env.env, "MLSECRETS_TOKEN": str(admin.token)}
-        yield Console(url=url, passwords=passwords, canaries=(CANARY, PASSWORD, rotated),
+        yield Console(url=url, passwords=passwords,
+                      canaries=(CANARY, PASSWORD, rotated, CRITICAL_CANARY),
                       shots=shots, routes=set(schema["paths"]), cli_env=cli_env)
     finally:
         server.terminate()
@@ -209,7 +230,7 @@ def console_frame(page: Any) -> Any:
 
 CONSOLE_ROUTES = ("me", "inventory", "secrets/{path}", "principals", "principals/{name}",
                   "rotation", "audit", "audit/health", "audit/export", "keys", "activity", "age",
-                  "reach")
+                  "reach", "alerts", "approvals")
 
 
 def test_the_vault_publishes_every_route_the_console_reads(console: Console) -> None:
@@ -291,6 +312,9 @@ def test_a_security_engineer_clicks_through_every_view(browser: Any, console: Co
     failed = [r.url for r in session.responses if r.status >= 500]
     assert not failed, failed
     assert frame.locator(".chart canvas").count() == 3
+    # the open alert and the request waiting are counted on the overview and on the tab
+    frame.get_by_text("break-glass requests waiting").wait_for()
+    assert int(frame.locator("#alert-count").inner_text()) >= 2  # >= 1 alert, 1 request
 
     show(page, frame, console, "inventory")
     frame.get_by_role("link", name="ml/registry/token").wait_for()
@@ -316,6 +340,25 @@ def test_a_security_engineer_clicks_through_every_view(browser: Any, console: Co
 
     show(page, frame, console, "rotation")
     assert frame.locator("tr.denied").count() >= 1  # the overdue secret stands out
+
+    show(page, frame, console, "alerts")
+    alert = frame.locator("#open-alerts tbody tr", has_text="human_read").filter(
+        has_text="ml/registry/token")
+    expect(alert).to_have_count(1)
+    assert "admin" in alert.inner_text() and "not sent" in alert.inner_text()
+    assert "chain " in alert.inner_text() and "seq " in alert.inner_text()
+    waiting = frame.locator("#approvals tbody tr", has_text=INCIDENT)
+    expect(waiting).to_have_count(1)
+    for shown in ("pending", "eve", "prod/payments/db_password", "30 min",
+                  "waiting for a second engineer"):
+        assert shown in waiting.inner_text(), shown
+    opened = frame.locator("#approvals tbody tr", has_text="rotate the payments password")
+    assert "approved" in opened.inner_text() and "admin" in opened.inner_text()
+    assert "UTC" in opened.locator("td").nth(7).inner_text()  # open until
+    # the console approves nothing: no control to, and one line saying where it is done
+    assert frame.locator("#view button").count() == 0
+    assert "approves nothing" in frame.locator("#approval-note").inner_text()
+    settle(page, console, "alerts")
 
     show(page, frame, console, "audit")
     frame.locator("#f-outcome").select_option("denied")
@@ -359,6 +402,8 @@ def test_an_auditor_sees_the_console_in_airflows_dark_mode(browser: Any,
     show(page, frame, console, "inventory", shot="auditor-dark-inventory")
     frame.get_by_role("link", name="ml/serving/api_key").wait_for()
     show(page, frame, console, "audit", shot="auditor-dark-audit")
+    show(page, frame, console, "alerts", shot="auditor-dark-alerts")
+    frame.locator("#approvals tbody tr", has_text=INCIDENT).wait_for()
     no_value_or_token_sent(session, console)
     page.context.close()
 
@@ -395,6 +440,7 @@ def test_a_viewer_sees_only_what_it_may_list(browser: Any, console: Console) -> 
     for tab in VIEWS:
         link = frame.locator(f"#tabs a[data-tab={tab}]")
         assert (link.get_attribute("aria-disabled") == "true") == (tab != "inventory"), tab
+    assert frame.locator("#alert-count").is_hidden()  # not asked for: it needs audit
     limits = frame.locator("#limits")
     assert limits.is_visible() and "audit capability" in limits.inner_text()
     assert frame.locator("#review").is_hidden()

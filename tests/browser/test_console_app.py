@@ -61,6 +61,19 @@ def test_the_shell_has_no_inline_script_or_handler() -> None:
     assert "document.cookie" not in script  # Airflow's session stays with the browser
 
 
+def test_the_script_asks_only_read_only_routes_and_approves_nothing() -> None:
+    """Every request the script makes is an insight GET, the insight export or the access
+    review: nothing approves a break-glass request or acknowledges an alert (the bridge
+    would refuse it anyway)."""
+    script = (STATIC / "console.js").read_text()
+    asked = set(re.findall(r'\bcall\("([^"]+)"', script))
+    viewed = set(re.findall(r'\binsight\("([^"]+)"', script))
+    assert asked == {"insight/", "insight/audit/export", "review"}
+    assert {"alerts", "approvals", "me"} <= viewed
+    assert all(re.fullmatch(r"[a-z/]+", v) for v in viewed)
+    assert '"POST"' in script and script.count('"POST"') == 1  # the review
+
+
 def test_the_chart_library_is_vendored_with_its_licence() -> None:
     library = (STATIC / "chart.umd.min.js").read_text()
     assert library.startswith("/*!\n * Chart.js v4.")

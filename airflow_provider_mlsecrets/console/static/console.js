@@ -273,19 +273,31 @@
         h("section", { class: "panel" }, h("h3", {}, "Accesses and denials over time"), act),
         h("section", { class: "panel" }, h("h3", {}, "Secret age against rotation policy"), age)),
       h("section", { class: "panel" }, h("h3", {}, "Which DAG reaches which secret"), reach)]);
-    const card = (n, l, alert) => h("div", { class: alert ? "card alert" : "card" }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+    const card = (n, l, alert, href) => h(href ? "a" : "div", { class: alert ? "card alert" : "card", href },
+      h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+    // the cards in a fixed order (what needs attention first), whichever answer comes first
+    const slot = () => cards.appendChild(h("div", { class: "slot" }));
+    const [alertSlot, askSlot, rotationSlot, auditSlot, inventorySlot] = [slot(), slot(), slot(), slot(), slot()];
     const tasks = [
-      insight("inventory", { limit: 1 }).then((p) => cards.appendChild(card(p.total, "secrets you may list"))),
+      insight("inventory", { limit: 1 }).then((p) => inventorySlot.appendChild(card(p.total, "secrets you may list"))),
       insight("rotation").then((rows) => {
         const count = (s) => rows.filter((r) => r.state === s).length;
-        cards.append(card(count("overdue"), "overdue for rotation", count("overdue") > 0),
+        rotationSlot.append(card(count("overdue"), "overdue for rotation", count("overdue") > 0),
           card(count("failed"), "rotations failed", count("failed") > 0), card(count("due"), "due for rotation"));
       }),
       insight("audit/health").then((health) => {
         const last = health.last_verification || null;
         const ok = last && (typeof last.ok === "boolean" ? last.ok : last.outcome === "allowed");
-        cards.appendChild(card(last ? (ok ? "verified" : "failed") : "never", "audit trail " +
+        auditSlot.appendChild(card(last ? (ok ? "verified" : "failed") : "never", "audit trail " +
           (last ? "checked " + when(last.ts) : "verification"), last && !ok));
+      }),
+      insight("alerts").then((rows) => {
+        setCount("alerts", rows.length);
+        alertSlot.appendChild(card(rows.length, "open alerts", rows.length > 0, "#/alerts"));
+      }),
+      insight("approvals").then((rows) => {
+        const n = setCount("approvals", rows.filter((r) => r.state === "pending").length);
+        askSlot.appendChild(card(n, "break-glass requests waiting", n > 0, "#/alerts"));
       }),
       insight("activity", { since, bucket }).then((b) => gen === generation && activityChart(act, b, bucket)),
       insight("age").then((rows) => gen === generation && ageChart(age, rows)),
@@ -294,7 +306,7 @@
     ];
     const problems = h("div", {});
     view.insertBefore(problems, cards.nextSibling);
-    const holders = [null, null, null, act, age, reach];
+    const holders = [null, null, null, null, null, act, age, reach];
     await Promise.all(tasks.map((t, i) => t.catch((e) => {
       if (gen !== generation) return;
       if (holders[i]) { failed(e, holders[i]); return; }
@@ -529,6 +541,86 @@
       }))]);
   }
 
+  // -- alerts and break-glass requests ---------------------------------------------------
+  // the tab's count: open alerts and requests waiting for a second engineer (null: unknown)
+  const counts = { alerts: null, approvals: null };
+  function setCount(kind, n) {
+    counts[kind] = n;
+    const el = document.getElementById("alert-count");
+    const total = (counts.alerts || 0) + (counts.approvals || 0);
+    clear(el);
+    el.hidden = total === 0;
+    if (!total) return n;
+    append(el, [String(total)]);
+    el.title = [counts.alerts ? counts.alerts + " open alert" + (counts.alerts > 1 ? "s" : "") : null,
+      counts.approvals ? counts.approvals + " break-glass request" + (counts.approvals > 1 ? "s" : "") + " waiting" : null]
+      .filter(Boolean).join(", ");
+    el.setAttribute("aria-label", el.title);
+    return n;
+  }
+  function refreshCounts() {
+    insight("alerts").then((rows) => setCount("alerts", rows.length)).catch(() => {});
+    insight("approvals").then((rows) => setCount("approvals", rows.filter((r) => r.state === "pending").length))
+      .catch(() => {});
+  }
+  function span(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    if (seconds < 3600) return Math.round(seconds / 60) + " min";
+    if (seconds < 2 * DAY / 1000) return +(seconds / 3600).toFixed(1) + " h";
+    return +(seconds / 86400).toFixed(1) + " d";
+  }
+  function delivery(a) {
+    const to = (a.delivered_to || []).join(", ");
+    if (a.delivered_at) return [badge("delivered"), h("div", { class: "muted" }, (to ? "to " + to + ", " : "") + when(a.delivered_at))];
+    if (a.last_error) return [badge("retrying"), h("div", { class: "muted" },
+      a.attempts + " attempt" + (a.attempts === 1 ? "" : "s") + (to ? ", sent to " + to : "") + ": " + a.last_error)];
+    return [badge("not sent"), h("div", { class: "muted" }, to ? "sent to " + to + " so far" : "no notifier has it yet")];
+  }
+  function details(d) {
+    const entries = Object.entries(d || {}).filter(([, v]) => v !== null && v !== undefined && v !== "");
+    if (!entries.length) return null;
+    return h("div", { class: "muted" }, entries.map(([k, v]) => k.replace(/_/g, " ") + ": " + v).join(" · "));
+  }
+
+  async function alerts(q, gen) {
+    const open = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+    const asks = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+    append(view, [h("h2", {}, "Alerts"),
+      h("p", { class: "muted" }, "Raised from the audit trail by the vault's rules; each names the record " +
+        "that raised it. Acknowledge one with: mlsecrets alerts ack ID"),
+      h("section", { id: "open-alerts" }, h("h3", {}, "Open alerts"), open),
+      h("section", { id: "approvals" }, h("h3", {}, "Break-glass reads: waiting for approval, or open"),
+        h("p", { class: "muted", id: "approval-note" }, "The console approves nothing: another security engineer " +
+          "approves with their own token (mlsecrets access approve ID, or POST /v1/access/requests/ID/approve)."), asks)]);
+    const shown = [
+      insight("alerts").then((rows) => {
+        if (gen !== generation) return;
+        setCount("alerts", rows.length);
+        clear(open);
+        open.appendChild(table(["Rule", "Who", "What", "When", "Path", "Audit record", "Delivery"], rows.map((a) => [
+          [badge(a.severity), " ", h("span", { class: "mono" }, a.rule)],
+          a.principal ? principalLink(a.principal) : "—",
+          [a.summary, details(a.details)],
+          [when(a.event_ts), h("div", { class: "muted" }, "raised " + when(a.raised_at))],
+          a.path ? secretLink(a.path) : "—",
+          a.chain === null || a.seq === null ? "—" : h("span", { class: "mono" }, "chain " + a.chain + " · seq " + a.seq),
+          delivery(a)]), (i) => (["critical", "high"].includes(rows[i].severity) ? "denied" : null)));
+      }).catch((e) => gen === generation && failed(e, open)),
+      insight("approvals").then((rows) => {
+        if (gen !== generation) return;
+        setCount("approvals", rows.filter((r) => r.state === "pending").length);
+        clear(asks);
+        asks.appendChild(table(["State", "Who", "Path", "Reason", "Asked", "Window", "Approved by", "Until", "Request"],
+          rows.map((r) => [badge(r.state), principalLink(r.principal), secretLink(r.path), r.justification,
+            when(r.requested_at), span(r.window_seconds),
+            r.decided_by ? principalLink(r.decided_by) : h("span", { class: "muted" }, "waiting for a second engineer"),
+            when(r.expires_at), h("span", { class: "mono request-id" }, r.id)]),
+          (i) => (rows[i].state === "pending" ? "pending" : null)));
+      }).catch((e) => gen === generation && failed(e, asks)),
+    ];
+    await Promise.all(shown);
+  }
+
   // -- access review --------------------------------------------------------------------
   async function review() {
     const button = document.getElementById("review");
@@ -589,7 +681,8 @@
   }
 
   // -- routing --------------------------------------------------------------------------
-  const VIEWS = { overview, inventory, principals, rotation, audit, keys };
+  const VIEWS = { overview, inventory, principals, rotation, audit, keys, alerts };
+  let counted = false; // the tab's count, asked once where the view opened does not ask
   async function route() {
     const gen = ++generation;
     destroyCharts();
@@ -600,6 +693,10 @@
     document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active",
       a.dataset.tab === name || (name === "secret" && a.dataset.tab === "inventory") || (name === "principal" && a.dataset.tab === "principals")));
     clear(view);
+    if (!counted && mayOpen("alerts")) {
+      counted = true;
+      if (name !== "overview" && name !== "alerts") refreshCounts();
+    }
     if (!mayOpen(name)) { // asked by address: say so, without asking the vault for a refusal
       view.appendChild(h("div", { class: "notice error", role: "alert" },
         "The vault does not let you see this view: it needs the audit capability on every path. ",
