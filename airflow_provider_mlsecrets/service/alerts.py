@@ -24,7 +24,7 @@ from airflow_provider_mlsecrets.alerts.deliver import Delivered, Sender, message
 from airflow_provider_mlsecrets.alerts.evaluate import Evaluated, Evaluator
 from airflow_provider_mlsecrets.alerts.message import Message
 from airflow_provider_mlsecrets.audit.record import format_ts
-from airflow_provider_mlsecrets.errors import InvalidInput, NotFound
+from airflow_provider_mlsecrets.errors import AccessDenied, InvalidInput, NotFound
 from airflow_provider_mlsecrets.policy.roles import Capability
 from airflow_provider_mlsecrets.service._core import Caller, Core, utcnow
 from airflow_provider_mlsecrets.store.models import Alert
@@ -139,12 +139,17 @@ class AlertService:
             return [view(a) for a in op.session.scalars(query)]
 
     def ack(self, caller: Caller, alert_id: int) -> AlertView:
-        """Acknowledge an alert (it leaves the open list; its delivery is unaffected)."""
+        """Acknowledge an alert (it leaves the open list; its delivery is unaffected). Not
+        one about the caller's own action: a security engineer who read a secret cannot
+        close the alert that says so."""
         with self._core.operation(caller, "alert.ack", Capability.AUDIT) as op:
             row = op.session.get(Alert, alert_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no alert {alert_id}")
             op.reason += f"; alert {alert_id} ({row.rule}, key {row.key})"
+            if row.principal == op.actor.name:  # nobody closes the alert about themselves
+                raise AccessDenied(f"alert {alert_id} is about {row.principal}'s own action: "
+                                   "someone else acknowledges it")
             if row.acked_at is None:
                 op.session.execute(update(Alert).where(Alert.id == alert_id).values(
                     acked_at=utcnow(), acked_by=op.actor.name))

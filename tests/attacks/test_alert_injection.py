@@ -50,3 +50,20 @@ def test_jinja_and_headers_in_a_record_are_delivered_as_text(scene: Scene) -> No
     notifier.template_fields = ("json",)
     notifier.render_template_fields({})
     assert "renderedlooped" in json.dumps(notifier.json)
+
+
+def test_nobody_acknowledges_the_alert_about_their_own_read(scene: Scene) -> None:
+    """A security engineer who reads a secret cannot close the alert that says so; another
+    engineer or an auditor can, and either way the alert was delivered."""
+    vault = scene.vault
+    vault.secrets.put(scene.admin, "ml/prod/db", CANARY)
+    vault.alerts.run_pass()
+    vault.secrets.read(scene.admin, "ml/prod/db", reason="INC-1: check the login")
+    vault.alerts.run_pass()
+    (alert,) = [a for a in vault.alerts.list(scene.admin, open_only=True)
+                if a.rule == "human_read"]
+    with pytest.raises(AccessDenied, match="own action"):
+        vault.alerts.ack(scene.admin, alert.id)
+    auditor = scene.principal("aud", "auditor")
+    assert vault.alerts.ack(auditor, alert.id).acked_by == "aud"
+    assert scene.mail.messages() and scene.inbox.bodies  # delivered all the same
