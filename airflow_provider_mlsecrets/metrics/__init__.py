@@ -1,8 +1,9 @@
 """The vault's metrics, through Airflow's own (StatsD or OpenTelemetry, as ``[metrics]``
 configures it); every name is in docs/metrics.md.
 
-Each function returns at once when metrics are off, and otherwise only queues its calls
-for the emitting thread (see :mod:`._sink`); none waits for a backend or raises: the
+Each function returns at once when metrics are off; otherwise it sends its timers and adds
+to its counts, which the emitting thread sends once a second (see :mod:`._sink`); none
+waits for a backend or raises: the
 audited path must not wait on, or fail because of, a metrics backend. Tags carry the
 action, the outcome, the kind of lookup and (for injections and reads) the DAG, never a
 path: a path is not a value, but there are as many as there are secrets, and a tag per
@@ -15,7 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from airflow_provider_mlsecrets.metrics._sink import Call, failures, flush, on, reset, send, wait
+from airflow_provider_mlsecrets.metrics._sink import (
+    Call,
+    add,
+    failures,
+    flush,
+    on,
+    reset,
+    send,
+    wait,
+)
 
 __all__ = ["append", "count", "enabled", "failures", "flush", "gauge", "lookup", "operation",
            "reset", "wait"]
@@ -39,23 +49,25 @@ def operation(action: str, outcome: str, seconds: float,
         return
     tags = {"action": action, "outcome": outcome}
     took = timedelta(seconds=seconds)
-    calls: list[Call] = [("incr", ("mlsecrets.operation",), {"tags": tags}),
-                         ("timing", ("mlsecrets.operation.duration", took), {"tags": tags})]
+    add("mlsecrets.operation", tags)
     name = _NAMED.get(action)
-    if name is not None:
+    if name is None:
+        calls: list[Call] = [("timing", ("mlsecrets.operation.duration", took),
+                              {"tags": tags})]
+    else:  # its own timer, with the DAG, stands for the operation's (one packet, not two)
         own = {"outcome": outcome}
         dag_id = (context or {}).get("dag_id")
         if isinstance(dag_id, str) and dag_id:
             own["dag_id"] = dag_id
-        calls += [("incr", (name,), {"tags": own}),
-                  ("timing", (f"{name}.duration", took), {"tags": own})]
+        add(name, own)
+        calls = [("timing", (f"{name}.duration", took), {"tags": own})]
     if outcome == "denied":
-        calls.append(("incr", ("mlsecrets.denied",), {"tags": {"action": action}}))
+        add("mlsecrets.denied", {"action": action})
     elif outcome == "error" and action != "rotation.fail":
-        calls.append(("incr", ("mlsecrets.error",), {"tags": {"action": action}}))
+        add("mlsecrets.error", {"action": action})
     end = _ROTATION_ENDS.get(action)
     if end is not None and (outcome == "allowed" or end == "failed"):
-        calls.append(("incr", ("mlsecrets.rotation",), {"tags": {"outcome": end}}))
+        add("mlsecrets.rotation", {"outcome": end})
     send(calls)
 
 
@@ -65,16 +77,16 @@ def lookup(kind: str, outcome: str, seconds: float) -> None:
     if not on():
         return
     tags = {"kind": kind, "outcome": outcome}
-    send([("incr", ("mlsecrets.lookup",), {"tags": tags}),
-          ("timing", ("mlsecrets.lookup.duration", timedelta(seconds=seconds)), {"tags": tags})])
+    add("mlsecrets.lookup", tags)
+    send([("timing", ("mlsecrets.lookup.duration", timedelta(seconds=seconds)), {"tags": tags})])
 
 
 def append(seconds: float) -> None:
     """One audit record appended (chained and sealed, in its transaction)."""
     if not on():
         return
-    send([("incr", ("mlsecrets.audit.append",), {}),
-          ("timing", ("mlsecrets.audit.append.duration", timedelta(seconds=seconds)), {})])
+    add("mlsecrets.audit.append")
+    send([("timing", ("mlsecrets.audit.append.duration", timedelta(seconds=seconds)), {})])
 
 
 def gauge(name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
@@ -87,4 +99,4 @@ def gauge(name: str, value: float, tags: Mapping[str, str] | None = None) -> Non
 def count(name: str, tags: Mapping[str, str] | None = None) -> None:
     """One event (``mlsecrets.audit.verification``)."""
     if on():
-        send([("incr", (name,), {"tags": dict(tags) if tags else None})])
+        add(name, dict(tags) if tags else None)

@@ -15,11 +15,14 @@ vault never imports it, which takes seconds, only to emit). Building the backend
 on the network (a StatsD host name is resolved when its client is created), so it is built
 on a daemon thread; until it is ready, emissions are queued (a bounded few, then dropped)
 and sent by that thread once it is, never waited for (at exit, for up to a second). Once it
-is ready, a vault operation makes its calls itself: a StatsD packet is one non-blocking UDP
+is ready, a vault operation sends its timers itself: a StatsD packet is one non-blocking UDP
 send, an OpenTelemetry instrument records in memory and its exporter sends from a thread of
 its own. (A thread of ours for every send measured slower: the vault's thread then waits for
-the interpreter lock while that thread formats packets.) A failure to build or emit is
-logged once at debug (its type, never a value) and counted.
+the interpreter lock while that thread formats packets.) Counters are not sent per event:
+:func:`add` adds one to a count in memory (a dictionary update under a lock), and the same
+daemon thread sends each count once a second as one ``incr(name, count=n)``, so a lookup
+costs its timers' packets only. A failure to build or emit is logged once at debug (its
+type, never a value) and counted.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -46,6 +50,8 @@ _failures = 0
 _generation = 0  # a reset or fork makes a warm-up still running from before stale
 _pending: list[Sequence[Call]] = []
 _MAX_PENDING = 256
+_counts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+_PERIOD = 1.0  # seconds between two sends of the counts
 _again = False  # initialise the Task SDK's singleton again: [metrics] changed (reset)
 _lock = threading.Lock()
 
@@ -77,6 +83,25 @@ def send(calls: Sequence[Call]) -> None:
         _perform(stats, calls)
 
 
+def add(name: str, tags: dict[str, str] | None = None) -> None:
+    """Count one event under ``name`` and ``tags``; sent with the others once a second."""
+    key = (name, tuple(sorted(tags.items())) if tags else ())
+    with _lock:
+        _counts[key] = _counts.get(key, 0) + 1
+
+
+def send_counts() -> None:
+    """Send the counts made since the last send (the emitting thread, and at exit)."""
+    stats = _stats
+    if _state is not _READY or stats is None:
+        return
+    with _lock:
+        counts = dict(_counts)
+        _counts.clear()
+    _perform(stats, [("incr", (name,), {"count": n, "tags": dict(tags) or None})
+                     for (name, tags), n in counts.items()])
+
+
 def _perform(stats: ModuleType, calls: Sequence[Call]) -> None:
     try:
         for name, args, kwargs in calls:
@@ -102,18 +127,19 @@ def wait(timeout: float) -> bool:
     """Decide and, if metrics are on, wait up to ``timeout`` seconds for the backend (tests,
     benchmarks, a short CLI command that must not lose its first metrics)."""
     on()
-    thread = _thread
-    if thread is not None:
-        thread.join(timeout)
+    deadline = time.monotonic() + timeout
+    while _state is _WARMING and time.monotonic() < deadline:
+        time.sleep(0.01)
     return _state is _READY
 
 
 def flush(timeout: float) -> bool:
     """Wait up to ``timeout`` seconds until what was queued while the backend was being
-    built has been sent (after that, nothing is queued)."""
-    thread = _thread
-    if thread is not None:
-        thread.join(timeout)
+    built has been sent, then send the counts (a short process at exit; tests)."""
+    deadline = time.monotonic() + timeout
+    while _state is _WARMING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    send_counts()
     return _state is not _WARMING
 
 
@@ -127,6 +153,7 @@ def reset() -> None:
         _state, _stats, _thread = _UNDECIDED, None, None
         _generation += 1
         _pending.clear()
+        _counts.clear()
 
 
 
@@ -168,6 +195,10 @@ def _warm(module: ModuleType, generation: int) -> None:
         _pending.clear()
     for calls in queued:
         _perform(module, calls)
+    while generation == _generation:  # a reset or fork ends this thread's turn
+        time.sleep(_PERIOD)
+        if generation == _generation:
+            send_counts()
 
 
 def _choose() -> ModuleType | None:
@@ -217,6 +248,7 @@ def _after_fork() -> None:
     if _state is _READY or _state is _WARMING:
         _state, _thread = _UNDECIDED, None
         _pending.clear()
+    _counts.clear()  # the parent sends its own
 
 
 os.register_at_fork(after_in_child=_after_fork)
