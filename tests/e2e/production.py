@@ -10,6 +10,16 @@ address: a task's lookups go through the Execution API and are answered as its D
 principal's token named by the ``mlsecrets_rotation`` connection. Airflow's metadata
 database and the vault's are fresh PostgreSQL databases (dropped afterwards), or SQLite files
 when no server is given. DAGs are triggered and watched through Airflow's REST API.
+
+Alerts (docs/alerts.md): the vault's ``config.json`` (read by the API server only) names an
+alert file through ``MLSECRETS_ALERT_RULES``; its notifier, when a receiver is given, is
+Airflow's ``HttpNotifier`` on the Airflow connection ``siem_alerts`` (in Airflow's metastore),
+so the API server's background evaluator delivers what the rules raise. The maintenance DAG
+asks the service for a pass as the ``maintenance`` auditor named by the
+``mlsecrets_maintenance`` connection. ``[secrets] backend_kwargs`` serve only connections
+named ``mlsecrets_*`` from the vault: the API server's backend has no token of its own, so
+without a pattern it would refuse the notifier's connection outright (a refusal stops
+Airflow's search) and write a denied record at each delivery attempt.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +46,7 @@ from sqlalchemy.engine import make_url
 
 from airflow_provider_mlsecrets.rotation.policy import RotationPolicy
 from airflow_provider_mlsecrets.store.engine import engine_for
+from airflow_provider_mlsecrets.store.models import AlertCursor
 from tests.airflow_env import BACKEND, ROOT, Cluster, _free_port, control_plane, dev_vault
 
 DAG_FILES = (*sorted((ROOT / "example_dags").glob("*.py")),
@@ -41,6 +54,13 @@ DAG_FILES = (*sorted((ROOT / "example_dags").glob("*.py")),
 ROTATED = "ml/webhook/signing_key"
 ROTATOR = "rotation-dag"
 FOLLOWER = "mlsecrets_follow_rotation"
+MAINTENANCE = "mlsecrets_maintenance"  # the DAG; paused at creation, unpaused by run_all
+MAINTAINER = "maintenance"  # its principal, an auditor
+ENGINEER = "oncall-engineer"  # a security engineer who reads through the service
+ALERTS_CONN = "siem_alerts"  # the HTTP notifier's Airflow connection (not mlsecrets_*)
+NOTIFIER = "siem"
+HTTP_NOTIFIER = "airflow.providers.http.notifications.http.HttpNotifier"
+ALERT_ENDPOINT = "/mlsecrets/alerts"
 #: each DAG's principal and what it may inject; nothing else is granted to a DAG
 GRANTS = {
     "mlsecrets_example_connections": ("connections/mlsecrets_example_db",
@@ -52,7 +72,7 @@ GRANTS = {
 #: triggered through the REST API, in this order; the follower runs on the rotation's event
 TRIGGERED = ("mlsecrets_rotation", "mlsecrets_example_connections",
              "mlsecrets_example_training", "mlsecrets_training_callable")
-DAGS = frozenset((*TRIGGERED, FOLLOWER))
+DAGS = frozenset((*TRIGGERED, FOLLOWER, MAINTENANCE))
 FINISHED = ("success", "failed")
 T = TypeVar("T")
 
@@ -72,6 +92,8 @@ class Production:
     worker_home: Path  # workers' MLSECRETS_HOME: an empty directory that must stay empty
     proof_dir: Path
     checkpoints: Path
+    engineer_token: Path  # the security engineer's token file (base/secrets, never scanned)
+    alert_rules: Path  # the alert file the API server's vault reads
     _token: str | None = field(default=None, repr=False)
 
     # -- Airflow's REST API, as an Airflow admin ---------------------------------------------
@@ -138,6 +160,19 @@ class Production:
         return self.wait(f"{dag_id} run {run_id}", lambda: (
             state if (state := self.run_state(dag_id, run_id)) in FINISHED else None), timeout)
 
+    def read_as_engineer(self, path: str, reason: str) -> subprocess.CompletedProcess[str]:
+        """``mlsecrets secret get PATH --reason REASON`` as the security engineer, a person
+        on another host: only ``MLSECRETS_URL`` and a token file, an empty home."""
+        home = self.base / "engineer-home"
+        home.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AIRFLOW", "MLSECRETS_"))}
+        env.update(MLSECRETS_URL=f"{self.cluster.url}/mlsecrets", MLSECRETS_HOME=str(home),
+                   MLSECRETS_TOKEN_FILE=str(self.engineer_token))
+        return subprocess.run([str(Path(sys.executable).with_name("mlsecrets")), "secret",
+                               "get", path, "--reason", reason], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+
     # -- where values could leak ---------------------------------------------------------
     def process_settings(self) -> dict[str, dict[str, str]]:
         """The ``MLSECRETS_*`` environment each process was started with (``/proc`` does not
@@ -200,10 +235,12 @@ def _as_text(value: object) -> str:
 
 
 # -- setting it up --------------------------------------------------------------------
-def provision(cluster: Cluster, base: Path) -> dict[str, str]:
+def provision(cluster: Cluster, base: Path, alert_receiver: str | None) -> dict[str, str]:
     """What a security engineer does before the DAGs run: secrets, one ``dag:`` principal
-    per DAG with narrow grants, a rotation policy that is due now, and a ``rotator``
-    principal whose token the ``mlsecrets_rotation`` connection names. The values stored."""
+    per DAG with narrow grants, a rotation policy that is due now, a ``rotator`` principal
+    whose token the ``mlsecrets_rotation`` connection names, an auditor whose token the
+    ``mlsecrets_maintenance`` connection names, a second security engineer, and the alert
+    notifier's connection to ``alert_receiver``. The values and tokens stored."""
     vault, admin = cluster.vault, cluster.admin
     canaries = {name: f"{name}-canary-{secrets.token_hex(8)}"
                 for name in ("db-password", "endpoint", "api-key", "signing-key")}
@@ -223,14 +260,50 @@ def provision(cluster: Cluster, base: Path) -> dict[str, str]:
             vault.access.grant(admin, f"dag:{dag_id}", path, ["inject"])
     token = vault.access.create_principal(admin, ROTATOR, "rotator")
     vault.access.grant(admin, ROTATOR, "**", ["rotate", "list", "audit"])
-    token_file = base / "secrets" / "rotator.token"
-    token_file.parent.mkdir(mode=0o700)
-    token_file.write_text(token)
-    token_file.chmod(0o600)
+    (base / "secrets").mkdir(mode=0o700)
     canaries["rotator-token"] = token
     cluster.airflow("connections", "add", "mlsecrets_rotation", "--conn-type", "mlsecrets",
-                    "--conn-extra", json.dumps({"token_file": str(token_file)}))
+                    "--conn-extra", json.dumps({"token_file": str(
+                        token_file(base, ROTATOR, token))}))
+    token = vault.access.create_principal(admin, MAINTAINER, "auditor")  # audit on **
+    canaries["maintenance-token"] = token
+    cluster.airflow("connections", "add", MAINTENANCE, "--conn-type", "mlsecrets",
+                    "--conn-extra", json.dumps({"token_file": str(
+                        token_file(base, MAINTAINER, token))}))
+    canaries["engineer-token"] = vault.access.create_principal(admin, ENGINEER,
+                                                               "security_engineer")
+    token_file(base, ENGINEER, canaries["engineer-token"])
+    if admin.token:
+        canaries["admin-token"] = admin.token
+    if alert_receiver is not None:
+        cluster.airflow("connections", "add", ALERTS_CONN, "--conn-uri", alert_receiver)
     return canaries
+
+
+def token_file(base: Path, principal: str, token: str) -> Path:
+    """``base/secrets/PRINCIPAL.token``, readable by its owner only."""
+    path = base / "secrets" / f"{principal}.token"
+    path.write_text(token)
+    path.chmod(0o600)
+    return path
+
+
+def configure_alerts(vault_home: Path, alert_receiver: str | None) -> Path:
+    """The alert file, named in the vault's ``config.json`` (which only the API server
+    reads) with a short evaluation interval; every rule on with its defaults, delivered
+    through Airflow's ``HttpNotifier`` when there is a receiver. The file's path."""
+    rules = vault_home / "alerts.json"
+    notifiers = [] if alert_receiver is None else [
+        {"name": NOTIFIER, "class": HTTP_NOTIFIER,
+         "kwargs": {"http_conn_id": ALERTS_CONN, "endpoint": ALERT_ENDPOINT}}]
+    rules.write_text(json.dumps({"rules": {"human_read": {"paths": ["**"]}},
+                                 "notifiers": notifiers,
+                                 "delivery": {"retry": "5s", "max_retry": "1m"}}))
+    config = vault_home / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "MLSECRETS_ALERT_RULES": str(rules),
+                                  "MLSECRETS_ALERT_INTERVAL": "5"}))
+    return rules
 
 
 @contextlib.contextmanager
@@ -260,9 +333,11 @@ def databases(server_url: str | None, base: Path) -> Iterator[dict[str, str]]:
 
 @contextlib.contextmanager
 def production_layout(base: Path, server_url: str | None,
-                      say: Callable[[str], None] = lambda _: None) -> Iterator[Production]:
+                      say: Callable[[str], None] = lambda _: None,
+                      alert_receiver: str | None = None) -> Iterator[Production]:
     """Set the layout up in ``base``, start it, and stop it (and drop its databases)
-    however the block ends. ``server_url``: a PostgreSQL server, or None for SQLite."""
+    however the block ends. ``server_url``: a PostgreSQL server, or None for SQLite;
+    ``alert_receiver``: the ``http://HOST:PORT`` alerts are posted to (none: raised only)."""
     with databases(server_url, base) as dbs:
         vault_home = base / "vault"
         vault, admin = dev_vault(vault_home, dbs["vault"])
@@ -289,7 +364,8 @@ def production_layout(base: Path, server_url: str | None,
                        AIRFLOW__API__SECRET_KEY=secrets.token_hex(32),
                        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=dbs["airflow"],
                        AIRFLOW__SECRETS__BACKEND=BACKEND,  # the same airflow.cfg everywhere
-                       AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"config_prefix": None}),
+                       AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps(
+                           {"config_prefix": None, "connections_lookup_pattern": "^mlsecrets_"}),
                        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="120",
                        MLSECRETS_HOME=str(worker_home))
             if server_url is not None:  # psycopg 3 is sync and async: no asyncpg needed
@@ -298,10 +374,12 @@ def production_layout(base: Path, server_url: str | None,
                               jwt_secret=env["AIRFLOW__API_AUTH__JWT_SECRET"], logs={})
             say(f"Airflow's metadata database: {make_url(dbs['airflow']).database}")
             cluster.airflow("db", "migrate")
-            canaries = provision(cluster, base)
+            canaries = provision(cluster, base, alert_receiver)
             prod = Production(cluster=cluster, base=base, databases=dbs, canaries=canaries,
                               worker_home=worker_home, proof_dir=base / "training-proof",
-                              checkpoints=base / "checkpoints")
+                              checkpoints=base / "checkpoints",
+                              engineer_token=base / "secrets" / f"{ENGINEER}.token",
+                              alert_rules=configure_alerts(vault_home, alert_receiver))
             say("starting the API server, the scheduler and the dag-processor")
             checkpoints = base / "checkpoints"  # where the rotation DAG publishes them
             checkpoints.mkdir(mode=0o700)
@@ -321,19 +399,29 @@ def _ready(prod: Production) -> bool:
         listed = prod.rest("GET", "dags", params={"limit": 100})["dags"]
     except (httpx.HTTPError, OSError, ValueError, KeyError, LayoutError):  # not up yet
         return False
-    return {d["dag_id"] for d in listed if not d["is_paused"]} >= DAGS
+    if not ({d["dag_id"] for d in listed} >= DAGS and
+            {d["dag_id"] for d in listed if not d["is_paused"]} >= DAGS - {MAINTENANCE}):
+        return False
+    # the API server's evaluator has made its first pass (it seeds: the past raises
+    # nothing), so every record from here on is evaluated
+    with prod.cluster.vault.core.transaction() as session:
+        return session.scalars(select(AlertCursor)).first() is not None
 
 
 @dataclass
 class Runs:
     ids: dict[str, str]  # each DAG's run that this made happen (the follower's on the event)
     rotation: list[str]  # every run of the rotation DAG, its scheduled one(s) too, finished
+    maintenance: list[str]  # every run of the maintenance DAG that started, finished
 
 
 def run_all(prod: Production) -> Runs:
     """Trigger every DAG of :data:`TRIGGERED` through the REST API and wait for each run,
     for every run of the rotation DAG (it is ``@hourly`` and unpaused, so it also runs on
-    its own schedule), then for the follower's run on the rotation's asset event."""
+    its own schedule), then for the follower's run on the rotation's asset event. Then
+    unpause the maintenance DAG, trigger it, wait for that run, and pause it again (it runs
+    every minute): every run of it that started is waited for; one queued behind a pause
+    never starts."""
     ids = {dag_id: prod.trigger(dag_id, {"out_dir": str(prod.proof_dir)}
                                 if dag_id == "mlsecrets_example_training" else None)
            for dag_id in TRIGGERED}
@@ -345,4 +433,15 @@ def run_all(prod: Production) -> Runs:
     ids[FOLLOWER] = prod.wait(f"a run of {FOLLOWER}", lambda: next(
         (r["dag_run_id"] for r in prod.runs(FOLLOWER)), None), timeout=180)
     prod.finished(FOLLOWER, ids[FOLLOWER])
-    return Runs(ids=ids, rotation=rotation)
+    prod.rest("PATCH", f"dags/{MAINTENANCE}", json={"is_paused": False})
+    ids[MAINTENANCE] = prod.trigger(MAINTENANCE)
+    prod.finished(MAINTENANCE, ids[MAINTENANCE])
+    prod.rest("PATCH", f"dags/{MAINTENANCE}", json={"is_paused": True})
+
+    def settled(run_id: str) -> str:
+        return prod.wait(f"{MAINTENANCE} run {run_id}", lambda: (
+            state if (state := prod.run_state(MAINTENANCE, run_id)) != "running" else None))
+
+    started = [run_id for run_id in (r["dag_run_id"] for r in prod.runs(MAINTENANCE))
+               if settled(run_id) != "queued"]
+    return Runs(ids=ids, rotation=rotation, maintenance=started)

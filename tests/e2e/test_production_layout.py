@@ -9,6 +9,12 @@ address: the connections DAG, training with the command mode and with a callable
 scheduled on ``secret_asset(...)`` that reads its triggering event. Each DAG acts as its own
 ``dag:`` principal, the rotation as its ``rotator``; then no stored value appears in any task
 log, process console, XCom, rendered field or table of either database.
+
+Alerts (issue 17, docs/alerts.md): the API server's vault delivers them through Airflow's
+``HttpNotifier`` to a real HTTP receiver started here; a person's plaintext read through the
+service and each DAG's first reach of each secret arrive there once each, naming who, what,
+when and the audit record, and no value or token arrives in any body. The maintenance DAG
+asks the service for a pass from a worker that holds no vault.
 """
 
 from __future__ import annotations
@@ -16,15 +22,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from airflow_provider_mlsecrets.audit.publish import read_checkpoint
+from airflow_provider_mlsecrets.service.audit import AuditFilter, AuditView
+from airflow_provider_mlsecrets.store.models import Alert
 from tests.conftest import require_postgres
 from tests.e2e.production import (
     DAGS,
+    ENGINEER,
     FOLLOWER,
     GRANTS,
+    MAINTAINER,
+    MAINTENANCE,
+    NOTIFIER,
     ROTATED,
     ROTATOR,
     TRIGGERED,
@@ -35,13 +49,22 @@ from tests.e2e.production import (
     run_all,
     scan_database,
 )
+from tests.receivers import Inbox, http_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
-    with production_layout(tmp_path_factory.mktemp("production"), require_postgres()) as prod:
+def inbox() -> Iterator[Inbox]:
+    """The alerts' receiver: a real HTTP server on a free port of 127.0.0.1."""
+    with http_receiver() as got:
+        yield got
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[Production]:
+    with production_layout(tmp_path_factory.mktemp("production"), require_postgres(),
+                           alert_receiver=f"http://127.0.0.1:{inbox.port}") as prod:
         yield prod
 
 
@@ -68,6 +91,8 @@ def test_only_the_api_server_holds_the_vault(production: Production,
     settings = production.process_settings()
     vault_home = str(production.cluster.vault.settings.home)
     assert settings["api-server"] == {"MLSECRETS_HOME": vault_home}
+    config = json.loads((production.cluster.vault.settings.home / "config.json").read_text())
+    assert config["MLSECRETS_ALERT_RULES"] == str(production.alert_rules)  # the vault's own
     workers = {"MLSECRETS_HOME": str(production.worker_home),  # an empty folder
                "MLSECRETS_URL": f"{production.cluster.url}/mlsecrets",
                "MLSECRETS_AUDIT_CHECKPOINT_URL": production.checkpoints.as_uri() + "/"}
@@ -159,7 +184,8 @@ def test_the_audit_names_each_dag_and_the_rotator(production: Production,
     # first, which holds none: Airflow then reads its metastore
     others = {(r.path, r.outcome) for r in lookups if r.outcome != "allowed"}
     assert others <= {("connections/mlsecrets_default", "not_found"),
-                      ("connections/mlsecrets_rotation", "not_found")}, others
+                      ("connections/mlsecrets_rotation", "not_found"),
+                      ("connections/mlsecrets_maintenance", "not_found")}, others
     rotated = [r for r in records if r.action == "rotation.finish" and r.path == ROTATED]
     assert [(r.principal, r.outcome) for r in rotated] == [(ROTATOR, "allowed")]
     assert rotated[0].context.get("component") == "http"  # through the service
@@ -178,7 +204,92 @@ def task_log(production: Production, dag_id: str, run_id: str, task_id: str) -> 
     return "".join(p.read_text(errors="replace") for p in sorted(folder.glob("*.log")))
 
 
-def test_no_value_appears_anywhere(production: Production, runs: dict[str, str]) -> None:
+def test_the_maintenance_dag_evaluates_through_the_service(production: Production,
+                                                          all_runs: Runs) -> None:
+    """Unpaused and triggered through the REST API, it succeeds on a worker with no vault:
+    its task asks ``POST /v1/alerts/evaluate`` as the auditor its connection names."""
+    assert all_runs.ids[MAINTENANCE] in all_runs.maintenance
+    for run_id in all_runs.maintenance:  # its scheduled run(s) too, if one started
+        states = production.task_states(MAINTENANCE, run_id)
+        assert production.run_state(MAINTENANCE, run_id) == "success", states
+        assert states == {"evaluate_alerts": "success"}, states
+    result = production.xcom(MAINTENANCE, all_runs.ids[MAINTENANCE], "evaluate_alerts")
+    assert set(result) >= {"records", "raised", "sent", "failed", "pending"}, result
+    assert result["failed"] == 0 and result["errors"] == [], result
+    evaluated = production.cluster.vault.audit.tail(
+        production.cluster.admin, 50, AuditFilter(principal=MAINTAINER, action="alert.evaluate"))
+    assert len(evaluated) >= len(all_runs.maintenance), evaluated
+    for record in evaluated:
+        assert record.outcome == "allowed", record
+        assert record.context.get("component") == "http", record  # through the service
+        assert record.context.get("claimed_dag_id") == MAINTENANCE, record
+
+
+def first_reaches(production: Production) -> dict[tuple[str, str], list[AuditView]]:
+    """Each granted (``dag:DAG``, path): the records of its allowed deliveries."""
+    records = production.cluster.vault.audit.tail(
+        production.cluster.admin, 1000, AuditFilter(action="secret.inject", outcome="allowed"))
+    return {(f"dag:{dag_id}", path): [r for r in records if r.principal == f"dag:{dag_id}"
+                                      and r.path == path]
+            for dag_id, paths in GRANTS.items() for path in paths}
+
+
+def names(body: dict[str, Any], record: AuditView) -> bool:
+    return bool(body["audit_record"] == {"chain": record.chain, "seq": record.seq,
+                                         "request_id": record.request_id})
+
+
+def test_alerts_reach_a_real_receiver_once_each(production: Production, inbox: Inbox,
+                                                runs: dict[str, str]) -> None:
+    """A security engineer's plaintext read through the service (after the maintenance DAG
+    is paused again: only the API server's own evaluator runs passes then) and each DAG's
+    first reach of each secret arrive at the receiver once each, through the Airflow
+    connection the HTTP notifier names, with who, what, when and the audit record."""
+    reason = "INC-4711: checking the key the trainer uses"
+    read = production.read_as_engineer("ml/openai/api_key", reason)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert read.stdout.strip() == production.canaries["api-key"]
+    [record] = production.cluster.vault.audit.tail(
+        production.cluster.admin, 10, AuditFilter(principal=ENGINEER, action="secret.read"))
+    assert record.outcome == "allowed" and record.context.get("component") == "http", record
+    reaches = first_reaches(production)
+    assert all(reaches.values()), reaches
+
+    def arrived() -> list[dict[str, Any]] | None:
+        bodies = inbox.json()
+        wanted = [any(names(b, record) for b in bodies)]
+        wanted += [any(names(b, r) for b in bodies for r in got) for got in reaches.values()]
+        return bodies if all(wanted) else None
+
+    bodies = production.wait("the alerts at the receiver", arrived, timeout=180)
+    [alert] = [b for b in bodies if names(b, record)]
+    assert (alert["rule"], alert["principal"], alert["path"]) == (
+        "human_read", ENGINEER, "ml/openai/api_key")
+    assert alert["when"] == record.ts and alert["details"]["justification"] == reason
+    assert alert["source"] == "mlsecrets" and ENGINEER in alert["subject"]
+    for (principal, path), records in reaches.items():
+        got = [b for b in bodies if b["rule"] == "new_dag_secret"
+               and (b["principal"], b["path"]) == (principal, path)]
+        assert len(got) == 1, (principal, path, got)  # its first reach only
+        [first] = [r for r in records if names(got[0], r)]
+        assert got[0]["when"] == first.ts
+        assert got[0]["details"]["dag_id"] == principal.removeprefix("dag:")
+        assert got[0]["details"]["task_id"] == first.context["task_id"]
+    assert len({b["alert_id"] for b in bodies}) == len(bodies)  # each alert once
+
+    def noted() -> bool:  # the sender notes a success just after the receiver answers
+        with production.cluster.vault.core.transaction() as session:
+            delivered = {a.id: a.delivered_to for a in session.scalars(select(Alert))}
+        return all(delivered.get(b["alert_id"]) == NOTIFIER for b in bodies)
+
+    production.wait("the delivered alerts noted", noted, timeout=60)
+    needles = production.needles()
+    assert not [found(needles, body.decode()) for body in inbox.bodies if found(
+        needles, body.decode())]
+
+
+def test_no_value_appears_anywhere(production: Production, runs: dict[str, str],
+                                   inbox: Inbox) -> None:
     needles = production.needles()
     files = production.files()
     task_logs = [p for p in files if "/logs/dag_id=" in p]
@@ -192,6 +303,9 @@ def test_no_value_appears_anywhere(production: Production, runs: dict[str, str])
     assert set(consoles) == {"api-server", "scheduler", "dag-processor"}
     assert "training with OPENAI_API_KEY=***" in consoles["scheduler"]  # the copy, redacted
     assert all(str(path) in files for path in production.cluster.logs.values())
+    files.update({f"alert {i} received": body.decode(errors="replace")
+                  for i, body in enumerate(inbox.bodies)})  # what the notifier sent
+    assert inbox.bodies and inbox.refused == 0
     leaks = {path: got for path, content in files.items() if (got := found(needles, content))}
     assert not leaks
     airflow = scan_database(production.databases["airflow"], needles)
