@@ -6,7 +6,8 @@ Airflow API server with the plugin holds the vault; the scheduler, its LocalExec
 processes and the dag-processor hold only the service's address; Airflow's metadata database
 and the vault's are fresh PostgreSQL databases (SQLite files when no server answers). Every
 DAG is triggered through Airflow's REST API; then it shows each run, what the tasks proved,
-the vault's audit records of the task identities, and where the stored values are not.
+the vault's audit records of the task identities, the alerts the API server's vault sent to
+a local HTTP receiver through Airflow's HttpNotifier, and where the stored values are not.
 
 Run it from the repository's root: ``.venv/bin/python -m scripts.demo_production DIR``.
 """
@@ -14,6 +15,7 @@ Run it from the repository's root: ``.venv/bin/python -m scripts.demo_production
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +25,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from airflow_provider_mlsecrets.service.audit import AuditFilter
 from tests.e2e.production import (
+    ENGINEER,
     FOLLOWER,
     ROTATED,
     ROTATOR,
@@ -34,6 +38,7 @@ from tests.e2e.production import (
     run_all,
     scan_database,
 )
+from tests.receivers import Inbox, http_receiver
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -171,22 +176,43 @@ def show_audit(prod: Production) -> None:
         else:
             continue
         say(f"  {r.principal:<34} {r.action:<16} {r.path or '-':<38} {r.outcome:<8} {who}")
-    say(f"  (and {hooks} lookups of a hook's own connection, mlsecrets_default or "
-        "mlsecrets_rotation: not_found in the vault,\n  so Airflow looked in its own "
-        "metastore next)")
+    say(f"  (and {hooks} lookups of a hook's own connection, mlsecrets_default, "
+        "mlsecrets_rotation or mlsecrets_maintenance:\n  not_found in the vault, so Airflow "
+        "looked in its own metastore next)")
 
 
-def show_no_leaks(prod: Production) -> bool:
+def show_alerts(prod: Production, inbox: Inbox) -> None:
+    """A person's plaintext read through the service, then every alert the receiver got."""
+    read = prod.read_as_engineer("ml/openai/api_key", "demo: checking the trainer's key")
+    say(f"\n{ENGINEER} (a security engineer, over MLSECRETS_URL) read ml/openai/api_key with "
+        f"a reason: exit {read.returncode}.")
+    want = prod.cluster.vault.audit.tail(prod.cluster.admin, 1, AuditFilter(
+        principal=ENGINEER, action="secret.read"))
+    seqs = {(r.chain, r.seq) for r in want}
+    with contextlib.suppress(LayoutError):
+        prod.wait("its alert", lambda: any((b["audit_record"]["chain"], b["audit_record"]["seq"])
+                                           in seqs for b in inbox.json()), timeout=60)
+    say("Alerts the API server's vault delivered (Airflow's HttpNotifier, connection "
+        "siem_alerts) to the HTTP receiver:")
+    for body in inbox.json():
+        record = body["audit_record"]
+        say(f"  #{body['alert_id']:<3} {body['rule']:<15} {body['principal']:<34} "
+            f"{body['path']:<38} audit record {record['chain']}/{record['seq']}")
+
+
+def show_no_leaks(prod: Production, inbox: Inbox) -> bool:
     needles = prod.needles()
     files = prod.files()
+    files.update({f"alert {i} received": body.decode(errors="replace")
+                  for i, body in enumerate(inbox.bodies)})
     in_files = {path: got for path, content in files.items() if (got := found(needles, content))}
     airflow = scan_database(prod.databases["airflow"], needles)
     vault = scan_database(prod.databases["vault"], needles)
-    say(f"\nSearched for the {len(prod.canaries)} stored values (and their base64) in "
-        f"{len(files)} files (every task log, the three consoles,\nthe scheduler's included, "
-        f"the proof), in every column of Airflow's {len(airflow.rows)} tables (XCom and "
-        "rendered fields among\nthem) and of the vault's "
-        f"{len(vault.rows)} tables:")
+    say(f"\nSearched for the {len(prod.canaries)} stored values and tokens (and their base64) "
+        f"in {len(files)} files and alerts (every task log,\nthe three consoles, the "
+        "scheduler's included, the proof, each alert received), in every column of "
+        f"Airflow's\n{len(airflow.rows)} tables (XCom and rendered fields among them) and of "
+        f"the vault's {len(vault.rows)} tables:")
     leaks = {**in_files, **{f"Airflow table {t}": v for t, v in airflow.hits.items()},
              **{f"vault table {t}": v for t, v in vault.hits.items()}}
     for where, what in leaks.items():
@@ -208,11 +234,14 @@ def main() -> int:
     os.environ["AIRFLOW_HOME"] = str(base / "airflow")  # never ~/airflow, should Airflow load
     server = postgres(os.environ.get("MLSECRETS_DEMO_DATABASE_URL") or
                       os.environ.get("MLSECRETS_TEST_DATABASE_URL") or DEFAULT_SERVER)
-    with production_layout(base, server, say=lambda line: say(f"  {line}")) as prod:
+    with http_receiver() as inbox, production_layout(
+            base, server, say=lambda line: say(f"  {line}"),
+            alert_receiver=f"http://127.0.0.1:{inbox.port}") as prod:
         show_processes(prod)
         ok = show_runs(prod)
         show_audit(prod)
-        ok = show_no_leaks(prod) and ok
+        show_alerts(prod, inbox)
+        ok = show_no_leaks(prod, inbox) and ok
         say("\nStopping the processes" + (" and dropping the databases" if server else ""))
     say(f"Their logs stay in {base} (api-server.log, scheduler.log, dag-processor.log, "
         "airflow/logs/).")
