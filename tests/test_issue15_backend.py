@@ -140,3 +140,29 @@ def test_the_rotation_docs_consumer_reads_its_event_once(
     assert capsys.readouterr().out == "mlsecrets://connections/app_db now at version 2\n"
     reconnect(triggering_asset_events=TriggeringAssetEventsAccessor.build([]))  # manual run
     assert capsys.readouterr().out == ""
+
+
+# -- a process that holds the vault but no token (issue 17: a notifier's connection) --------
+def test_a_process_without_a_token_falls_through_only_where_the_vault_holds_nothing(
+        env: Env, tmp_path: Path) -> None:
+    """The API server's own lookups (an alert notifier's SMTP or HTTP connection, the UI's)
+    come with no task identity; with no token configured they speak as no principal: a name
+    the vault does not hold goes on to the next backend (recorded as not found), a name it
+    holds is refused and stops the chain, so the metastore never serves it instead."""
+    env.vault.secrets.put(env.admin, "connections/held_db", CONN.encode())
+    s = env.settings
+    backend = MLSecretsBackend(
+        config_prefix=None, home=str(s.home), db_url=s.db_url,
+        pkcs11_module=str(s.pkcs11_module), pkcs11_token=s.pkcs11_token,
+        pkcs11_pin_file=str(s.pkcs11_pin_file), softhsm2_conf=str(s.softhsm2_conf),
+        key_prefix=s.key_prefix)
+    assert backend.get_conn_value("siem_alerts") is None
+    with pytest.raises(AirflowSecretsBackendAccessDenied):
+        backend.get_conn_value("held_db")
+    records = env.vault.audit.tail(env.admin, 2)
+    assert [(r.principal, r.path, r.outcome) for r in records] == [
+        ("<airflow process>", "connections/siem_alerts", "not_found"),
+        ("<airflow process>", "connections/held_db", "denied")]
+    assert "give this process a token" in records[1].reason
+    with pytest.raises(Exception, match="invalid principal name"):
+        env.vault.access.create_principal(env.admin, "<airflow process>", "pipeline")

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 _TASK_IDENTITY = "airflow_provider_mlsecrets.api.task_identity"
 UNVERIFIED_TASK = "<unverified task>"  # the audit principal of a refused task token
 TEAM_SCOPE = "<team scope>"  # the audit principal of a team-scope refusal of this process
+# who a process that holds the vault but no token speaks as (the API server's own lookups,
+# such as an alert notifier's connection): no principal can bear this name
+PROCESS = "<airflow process>"
 TEAM_NAME = re.compile(r"[a-zA-Z0-9_-]{3,50}")  # Airflow's own rule for team names
 _SETTINGS = ("home", "db_url", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file",
              "softhsm2_conf", "key_prefix", "token_file")
@@ -294,7 +297,15 @@ class MLSecretsBackend(BaseSecretsBackend):
                     f"Airflow asked for team {team_name!r} but the task's token belongs to "
                     f"{'team ' + repr(team) if team else 'no team'}"))
         else:
-            caller = Caller(vault.settings.read_caller_token(), caller_context())
+            token = vault.settings.read_caller_token()
+            if token is None and hasattr(vault, "core"):
+                # a process that holds the vault and no token (the API server's own lookups:
+                # a notifier's connection, the UI's): it may be given nothing, so where the
+                # vault holds nothing the search goes on (not found), and where it holds a
+                # secret it is refused, so no lower backend serves that name instead
+                caller = Caller(None, caller_context(), verified=(PROCESS,))
+            else:
+                caller = Caller(token, caller_context())
         if team_name is not None and not TEAM_NAME.fullmatch(team_name):
             raise _scope_refusal(vault, caller, path, team_name,
                                  "a team name is 3 to 50 characters from [a-zA-Z0-9_-]")

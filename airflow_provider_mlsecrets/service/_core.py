@@ -305,6 +305,9 @@ class Core:
                 principal = _Principal.of(connection.execute(_BY_NAME, {"key": name}).all())
                 if principal is not None:
                     return principal
+            if caller.verified[0].startswith("<"):  # a process's own name: never bound
+                return Decision(False, f"{caller.verified[0]} has no principal: give this "
+                                "process a token (token_file) to be granted secrets")
             return Decision(False, f"no principal is bound to {' or '.join(caller.verified)} "
                             "(a security engineer creates one with 'mlsecrets principal "
                             f"create {caller.verified[0]} --role ROLE')")

@@ -16,10 +16,9 @@ alert file through ``MLSECRETS_ALERT_RULES``; its notifier, when a receiver is g
 Airflow's ``HttpNotifier`` on the Airflow connection ``siem_alerts`` (in Airflow's metastore),
 so the API server's background evaluator delivers what the rules raise. The maintenance DAG
 asks the service for a pass as the ``maintenance`` auditor named by the
-``mlsecrets_maintenance`` connection. ``[secrets] backend_kwargs`` serve only connections
-named ``mlsecrets_*`` from the vault: the API server's backend has no token of its own, so
-without a pattern it would refuse the notifier's connection outright (a refusal stops
-Airflow's search) and write a denied record at each delivery attempt.
+``mlsecrets_maintenance`` connection. The API server's backend has no token of its own:
+its own lookups (the notifier's connection) speak as ``<airflow process>``, which the vault
+gives nothing, so a name it does not hold goes on to the metastore (recorded as not found).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ FOLLOWER = "mlsecrets_follow_rotation"
 MAINTENANCE = "mlsecrets_maintenance"  # the DAG; paused at creation, unpaused by run_all
 MAINTAINER = "maintenance"  # its principal, an auditor
 ENGINEER = "oncall-engineer"  # a security engineer who reads through the service
-ALERTS_CONN = "siem_alerts"  # the HTTP notifier's Airflow connection (not mlsecrets_*)
+ALERTS_CONN = "siem_alerts"  # the HTTP notifier's Airflow connection, in the metastore
 NOTIFIER = "siem"
 HTTP_NOTIFIER = "airflow.providers.http.notifications.http.HttpNotifier"
 ALERT_ENDPOINT = "/mlsecrets/alerts"
@@ -364,8 +363,7 @@ def production_layout(base: Path, server_url: str | None,
                        AIRFLOW__API__SECRET_KEY=secrets.token_hex(32),
                        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=dbs["airflow"],
                        AIRFLOW__SECRETS__BACKEND=BACKEND,  # the same airflow.cfg everywhere
-                       AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps(
-                           {"config_prefix": None, "connections_lookup_pattern": "^mlsecrets_"}),
+                       AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"config_prefix": None}),
                        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="120",
                        MLSECRETS_HOME=str(worker_home))
             if server_url is not None:  # psycopg 3 is sync and async: no asyncpg needed
