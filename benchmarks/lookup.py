@@ -8,9 +8,9 @@ A last row moves the HSM's high-water mark of the audit trail after every lookup
 row above it), to show what a mark costs and that the default keeps it off the median.
 
 A second table puts the same lookup with the vault's metrics off and on side by side
-(:func:`metrics_off_on`: Airflow's StatsD client sending to a real local UDP socket that a
-thread drains), in interleaved rounds, with the ratio; and what the metrics hook costs a
-vault operation when metrics are off.
+(:func:`metrics_off_on`: Airflow's StatsD client sending to a real local UDP socket that
+another process drains, as a StatsD daemon would), in interleaved rounds, with the ratio;
+and what the metrics hook costs a vault operation when metrics are off.
 
 A third puts it with the vault's alert evaluator off and on (:func:`alerts_off_on`: the
 background thread of docs/alerts.md, woken after each commit), interleaved the same way.
@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +55,22 @@ def prepare(base: Path) -> dict[str, str]:
     return env
 
 
+_DRAIN = """
+import socket, sys, threading
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+count = [0]
+def drain():
+    while True:
+        sock.recv(65536)
+        count[0] += 1
+threading.Thread(target=drain, daemon=True).start()
+for _ in sys.stdin:
+    print(count[0], flush=True)
+"""
+
+
 def metrics_off_on(lookup: Callable[[], object], n: int,
                    rounds: int = 6) -> dict[str, dict[str, float]]:
     """The lookup with the vault's metrics off, then on (``[metrics] statsd_on`` to a bound
@@ -65,24 +79,21 @@ def metrics_off_on(lookup: Callable[[], object], n: int,
     Adds ``packets per lookup`` and the off-path cost of the hook (ns per call)."""
     from airflow_provider_mlsecrets import metrics
 
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    received = [0]
-    stop = threading.Event()
+    # the StatsD daemon is another process, as in a deployment: a thread of this one would
+    # take the interpreter lock at every packet and slow the lookups it measures
+    drainer = subprocess.Popen([sys.executable, "-c", _DRAIN], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert drainer.stdin is not None and drainer.stdout is not None
+    port = drainer.stdout.readline().strip()
 
-    def drain() -> None:
-        sink.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                sink.recv(65536)
-                received[0] += 1
-            except TimeoutError:
-                continue
+    def received() -> int:
+        assert drainer.stdin is not None and drainer.stdout is not None
+        drainer.stdin.write("?\n")
+        drainer.stdin.flush()
+        return int(drainer.stdout.readline())
 
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
     on = {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-          "AIRFLOW__METRICS__STATSD_PORT": str(sink.getsockname()[1])}
+          "AIRFLOW__METRICS__STATSD_PORT": port}
     samples: dict[str, list[float]] = {"off": [], "on": []}
     per = max(1, n // rounds)
     counted = 0
@@ -96,12 +107,12 @@ def metrics_off_on(lookup: Callable[[], object], n: int,
                         os.environ.pop(key, None)
                 metrics.reset()
                 assert metrics.wait(10) == (state == "on"), state
-                before = received[0]
+                before = received()
                 samples[state] += timings(lookup, per, warmup=5)
                 if state == "on":  # everything queued sent, then received, before counting
                     metrics.flush(10)
                     time.sleep(0.3)
-                    counted += received[0] - before
+                    counted += received() - before
         os.environ.update(on)
         metrics.reset()
         metrics.wait(10)
@@ -122,9 +133,8 @@ def metrics_off_on(lookup: Callable[[], object], n: int,
             metrics.operation("secret.inject", "allowed", 0.001)
         off_ns = (time.perf_counter() - start) / calls * 1e9
     finally:
-        stop.set()
-        drainer.join()
-        sink.close()
+        drainer.kill()
+        drainer.wait()
     rows = {f"metrics {state}": summary(values) for state, values in samples.items()}
     rows["metrics on"]["ratio_to_off"] = (rows["metrics on"]["median_us"]
                                           / rows["metrics off"]["median_us"])
