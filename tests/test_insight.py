@@ -491,6 +491,16 @@ def test_the_rotation_view_says_what_failed_and_why(scene: Scene, tmp_path: Path
     assert "rotation.fail" in {r.action for r in env.vault.audit.tail(admin, 50)}
 
 
+def test_the_timeline_shows_why_a_person_read(scene: Scene) -> None:
+    """A read's reason (issue 17) is shown with its record; the value never is."""
+    env = scene.env
+    env.vault.secrets.read(env.admin, "ml/hf/token", reason="INC-9: the token expired?")
+    page = env.vault.insight.audit(scene.auditor, AuditFilter(action="secret.read"), limit=1)
+    (read,) = page.items
+    assert read.justification == "INC-9: the token expired?" and read.outcome == "allowed"
+    assert CANARY.decode() not in json.dumps(plain(page))
+
+
 def test_the_audit_timeline_pages_by_key_and_filters(scene: Scene) -> None:
     env, insight, everything = scene.env, scene.env.vault.insight, AuditFilter()
     total = env.vault.audit.count(env.admin)

@@ -136,6 +136,7 @@ class AccessEvent:
     version: int | None = None
     run_id: str | None = None
     component: str | None = None
+    justification: str | None = None  # a person's reason for a read (break-glass.md)
 
 
 @dataclass(frozen=True)
@@ -365,7 +366,7 @@ def event(record: Any) -> AccessEvent:
                        outcome=record.outcome, path=record.path, dag_id=text("dag_id"),
                        task_id=text("task_id"), reason=record.reason, chain=record.chain,
                        seq=record.seq, version=record.version, run_id=text("run_id"),
-                       component=text("component"))
+                       component=text("component"), justification=text("justification"))
 
 
 def parse_ts(text: str | None) -> datetime | None:

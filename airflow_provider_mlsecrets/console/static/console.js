@@ -354,7 +354,7 @@
     return table(["Time", "Principal", "Action", "Path", "DAG / task", "Outcome", "Reason"],
       events.map((e) => [when(e.ts), principalLink(e.principal), h("span", { class: "mono" }, e.action),
         e.path ? secretLink(e.path) : "—", e.dag_id ? e.dag_id + (e.task_id ? " / " + e.task_id : "") : "—",
-        badge(e.outcome), e.reason || ""]),
+        badge(e.outcome), e.justification ? [e.reason || "", h("div", { class: "why" }, "Why: " + e.justification)] : e.reason || ""]),
       (i) => (events[i].outcome === "denied" ? "denied" : null));
   }
 
