@@ -12,7 +12,7 @@ from typing import Any
 TITLES = {
     "human_read": "plaintext read by a person",
     "denial_burst": "burst of denials",
-    "new_dag_secret": "DAG reached a new secret",
+    "new_dag_secret": "DAG reached a new secret",  # a rule title # nosec B105
     "rotation_failed": "rotation failed",
     "audit_failed": "audit verification failed",
     "audit_overdue": "audit verification overdue",
