@@ -116,8 +116,7 @@ def seal_principal(keys: KeyProvider, session: Session, vault_id: str, p: Princi
 def principal_intact(keys: KeyProvider, vault_id: str, p: PrincipalFields,
                      grants: Sequence[GrantFields]) -> bool:
     """``grants``: the principal's grants as read from the database just now."""
-    expected = keys.mac(MacKey.INTEGRITY, _principal_bytes(vault_id, p, grants))
-    return hmac.compare_digest(expected, p.mac or b"")
+    return _intact(keys, _principal_bytes(vault_id, p, grants), p.mac)
 
 
 def check_principal(keys: KeyProvider, session: Session, vault_id: str, p: Principal) -> None:
@@ -130,8 +129,7 @@ def seal_secret(keys: KeyProvider, vault_id: str, s: Secret) -> None:
 
 
 def check_secret(keys: KeyProvider, vault_id: str, s: SecretFields) -> None:
-    expected = keys.mac(MacKey.INTEGRITY, _secret_bytes(vault_id, s))
-    if not hmac.compare_digest(expected, s.mac or b""):
+    if not _intact(keys, _secret_bytes(vault_id, s), s.mac):
         raise IntegrityError(f"the record of {s.path} was altered outside the vault")
 
 
@@ -145,8 +143,7 @@ def seal_policy(keys: KeyProvider, vault_id: str, p: VaultPolicy) -> None:
 
 
 def check_policy(keys: KeyProvider, vault_id: str, p: VaultPolicy) -> None:
-    expected = keys.mac(MacKey.INTEGRITY, _policy_bytes(vault_id, p))
-    if not hmac.compare_digest(expected, p.mac or b""):
+    if not _intact(keys, _policy_bytes(vault_id, p), p.mac):
         raise IntegrityError(f"the {p.name} policy was altered outside the vault")
 
 
@@ -161,5 +158,9 @@ def seal_access_request(keys: KeyProvider, vault_id: str, r: AccessRequest) -> N
 
 
 def access_request_intact(keys: KeyProvider, vault_id: str, r: AccessRequest) -> bool:
-    expected = keys.mac(MacKey.INTEGRITY, _request_bytes(vault_id, r))
-    return hmac.compare_digest(expected, r.mac or b"")
+    return _intact(keys, _request_bytes(vault_id, r), r.mac)
+
+
+def _intact(keys: KeyProvider, data: bytes, mac: bytes | None) -> bool:
+    """Whether ``mac`` is the HSM's MAC of ``data`` (constant time; none fails)."""
+    return hmac.compare_digest(keys.mac(MacKey.INTEGRITY, data), mac or b"")
