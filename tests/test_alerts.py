@@ -38,7 +38,7 @@ from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store.engine import engine_for
 from airflow_provider_mlsecrets.store.models import Alert
 from tests import rotator_probe
-from tests.conftest import Database, make_settings, run_forked
+from tests.conftest import Database, Env, make_settings, run_forked
 from tests.receivers import Inbox, Mailbox, free_port, http_receiver, smtp_server
 from tests.rotator_probe import ProbeService
 from tests.test_audit import tamper
@@ -54,21 +54,14 @@ def probe_plugin(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @dataclass
-class Scene:
-    vault: Vault
-    admin: Caller
+class Scene(Env):
+    """A vault (``Env``: its engineer, ``principal()``) with a mail server and a webhook
+    receiver its alerts go to."""
+
     admin_token: str
-    settings: Settings
-    database: Database
     mail: Mailbox
     inbox: Inbox
     rules_file: Path
-
-    def principal(self, name: str, role: str, *grants: tuple[str, list[str]]) -> Caller:
-        token = self.vault.access.create_principal(self.admin, name, role)
-        for pattern, caps in grants:
-            self.vault.access.grant(self.admin, name, pattern, caps)
-        return Caller(token, {"component": "test"})
 
     def alerts(self, rule: str | None = None) -> list[Alert]:
         with self.vault.core.transaction() as session:
@@ -168,7 +161,7 @@ def test_each_rule_fires_once_for_its_event_and_not_for_others(scene: Scene,
 
     vault.audit.verify(admin)  # passes: no alert
     assert vault.alerts.run_pass().raised == 0
-    tamper(scene_env(scene), lambda c: c.execute(text(
+    tamper(scene, lambda c: c.execute(text(
         "UPDATE mlsecrets_audit SET reason = 'changed' WHERE chain = 1 AND seq = 3")))
     with pytest.raises(AuditChainBroken):
         vault.audit.verify(admin)
@@ -180,13 +173,6 @@ def test_each_rule_fires_once_for_its_event_and_not_for_others(scene: Scene,
     assert vault.alerts.run_pass().raised == 0  # nothing twice
     assert CANARY.decode() not in everything_sent(scene)
     assert scene.admin_token not in everything_sent(scene)
-
-
-def scene_env(scene: Scene) -> Any:
-    from tests.conftest import Env
-
-    return Env(vault=scene.vault, admin=scene.admin, settings=scene.settings,
-               database=scene.database)
 
 
 def test_time_based_rules_fire_once_a_day_while_they_last(
