@@ -3,9 +3,17 @@ SoftHSM2 token (``reset_on_fork = true``), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
 
 from airflow_provider_mlsecrets.service import Caller, Vault
+from airflow_provider_mlsecrets.store.engine import engine_for
+from airflow_provider_mlsecrets.store.sqlite import WriterQueue
 from tests.conftest import Env, run_forked
 
 ROUNDS = 12
@@ -67,3 +75,48 @@ def test_appends_that_wait_for_a_busy_chain_are_not_taken_for_tampering(env: Env
     results = run_forked(_lookups, [(env.vault, env.admin, f"p{n}") for n in range(8)])
     assert results == [[]] * 8
     assert env.vault.audit.verify(env.admin).ok
+
+
+def test_a_sqlite_writer_waiting_behind_a_busy_one_gets_the_next_turn(tmp_path: Path) -> None:
+    """A regression (CI, 8 processes): SQLite's busy_timeout polls, so a writer that commits
+    and begins again at once kept the lock from a waiter until the waiter's timeout. Writers
+    now queue (store/sqlite.py): the waiter gets in at the busy writer's next commit."""
+    engine = engine_for(f"sqlite:///{tmp_path / 'queue.db'}")
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE turns (who TEXT)"))
+    started = threading.Event()
+
+    def busy() -> None:
+        for _ in range(200):
+            with engine.begin() as c:
+                c.execute(text("INSERT INTO turns VALUES ('busy')"))
+                started.set()
+                time.sleep(0.005)  # an operation's HSM calls, under the write lock
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    started.wait(10)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO turns VALUES ('waiter')"))
+    thread.join()
+    with engine.connect() as c:
+        turns = [row[0] for row in c.execute(text("SELECT who FROM turns ORDER BY rowid"))]
+    assert len(turns) == 201
+    assert turns.index("waiter") < 50, f"the waiter got in after {turns.index('waiter')} writes"
+
+
+def test_the_writer_queue_gives_up_as_sqlite_does_and_is_usable_again(tmp_path: Path) -> None:
+    """A waiter that times out says "database is locked" (reported as StoreError, like
+    SQLite's own), and its connection queues normally afterwards."""
+    held = WriterQueue(str(tmp_path / "q.db"))
+    waiter = WriterQueue(str(tmp_path / "q.db"))
+    held.acquire(1)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        waiter.acquire(0.2)
+    held.release()
+    waiter.acquire(1)  # a fresh descriptor; the abandoned one let go of the lock
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        held.acquire(0.2)
+    waiter.close()
+    held.acquire(1)
+    held.close()

@@ -1,9 +1,7 @@
 """Database engines, created lazily, one per URL per process.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged write survives a power
-cut) and every transaction starts with ``BEGIN IMMEDIATE``: every operation here writes at
-least an audit record, and taking the write lock up front is what lets ``busy_timeout``
-queue concurrent writers instead of failing them with "database is locked" on upgrade.
+SQLite connections are set up by ``store/sqlite.py``: WAL mode with ``synchronous=FULL``,
+and writers queued for the write lock that every transaction takes up front.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -19,8 +16,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
 from airflow_provider_mlsecrets.errors import ConfigurationError
+from airflow_provider_mlsecrets.store import sqlite
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 _ENGINES: dict[tuple[int, str], Engine] = {}
 _LOCK = threading.Lock()
 
@@ -71,11 +68,12 @@ def _create(url: str) -> Engine:
             _create_private_file(parsed.database)
         # a small pool: opening a connection costs its PRAGMAs, and closing the last one
         # checkpoints the WAL, each time; pooled connections are per process (see
-        # engine_for), and SQLite serialises writers with BEGIN IMMEDIATE anyway
+        # engine_for), and SQLite serialises writers anyway
         engine = create_engine(parsed, poolclass=QueuePool, pool_size=4, max_overflow=8,
-                               connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+                               connect_args={"check_same_thread": False,
+                                             "factory": sqlite.QueuedConnection})
+        event.listen(engine, "connect", sqlite.configure)
+        event.listen(engine, "begin", sqlite.begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
@@ -85,18 +83,3 @@ def _create_private_file(path: str) -> None:
     the mode): ciphertext is still nobody else's business."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = FULL")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA secure_delete = ON")  # destroyed versions leave no bytes behind
-    cursor.close()
-
-
-def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -169,7 +169,8 @@ def test_init_dev_creates_a_private_home_and_keeps_no_so_pin(tmp_path: Path) -> 
     cli.ok("init", "--dev")
     assert stat.S_IMODE(dev_home.stat().st_mode) == 0o700
     kept = {p.name for p in dev_home.iterdir()}
-    assert kept == {"admin.token", "config.json", "pkcs11.pin", "softhsm", "vault.db"}, kept
+    assert kept == {"admin.token", "config.json", "pkcs11.pin", "softhsm", "vault.db",
+                    "vault.db-lock"}, kept
     for name in kept - {"softhsm"}:
         assert stat.S_IMODE((dev_home / name).stat().st_mode) == 0o600, name
     assert "pkcs11.so-pin" not in json.dumps(json.loads((dev_home / "config.json").read_text()))
