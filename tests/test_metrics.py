@@ -1,13 +1,16 @@
 """The vault's metrics, received as Airflow's StatsD client sends them, on a real UDP socket:
 every kind of vault action against a real SoftHSM2 vault (SQLite and PostgreSQL), their
 names, types and tags, no value or token in any packet; a plain ``airflow connections get``
-process; and a metrics backend that raises, or cannot be reached, which changes nothing."""
+process, on StatsD and on OpenTelemetry (a real OTLP/HTTP endpoint); and a metrics backend
+that raises, or cannot be reached, which changes nothing."""
 
 from __future__ import annotations
 
+import http.server
 import re
 import secrets
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,3 +296,75 @@ def test_a_plain_airflow_cli_process_emits_its_lookup(airflow_env: AirflowEnv) -
     assert find(packets, "mlsecrets.inject", "c", outcome="allowed")
     assert find(packets, "mlsecrets.audit.append", "c")
     assert PASSWORD.encode() not in b"".join(receiver.raw)
+
+
+class OtlpReceiver:
+    """A real HTTP server standing in for an OpenTelemetry collector's OTLP/HTTP endpoint
+    (``POST /v1/metrics``, protobuf), keeping every request it was sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        bodies = self.bodies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                if self.path == "/v1/metrics":
+                    bodies.append(body)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def points(self) -> list[tuple[str, dict[str, str], float]]:
+        """Each data point received: its metric's name, its attributes, its value (a sum's
+        or a gauge's value, a histogram's count)."""
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+        out = []
+        for body in self.bodies:
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points:
+                            attributes = {a.key: a.value.string_value for a in point.attributes}
+                            value = (point.count if "histogram" in kind
+                                     else point.as_int or point.as_double)
+                            out.append((metric.name, attributes, float(value)))
+        return out
+
+
+def test_an_airflow_process_on_opentelemetry_exports_the_lookup(airflow_env: AirflowEnv) -> None:
+    """``[metrics] otel_on``: the vault emits through the meter provider Airflow builds, and
+    what it counted arrives at the collector over OTLP/HTTP by the time the process exits
+    (its last counts are sent before the meter provider's own export at exit)."""
+    receiver = OtlpReceiver()
+    try:
+        got = airflow_env.run(
+            "connections", "get", "uri_db", "-o", "json",
+            AIRFLOW__METRICS__OTEL_ON="True", AIRFLOW__METRICS__OTEL_HOST="127.0.0.1",
+            AIRFLOW__METRICS__OTEL_PORT=str(receiver.port),
+            AIRFLOW__METRICS__OTEL_SSL_ACTIVE="False",
+            AIRFLOW__METRICS__OTEL_INTERVAL_MILLISECONDS="60000")  # only the export at exit
+        assert got.returncode == 0, got.stderr[-3000:]
+    finally:
+        receiver.server.shutdown()
+    points = receiver.points()
+    names = {name for name, _, _ in points}
+    assert receiver.bodies, "nothing reached the collector"
+    lookups = [(a, v) for n, a, v in points if n == "airflow.mlsecrets.lookup"]
+    assert any(a.get("kind") == "connection" and a.get("outcome") == "found" and v >= 1
+               for a, v in lookups), sorted(names)
+    assert "airflow.mlsecrets.inject" in names and "airflow.mlsecrets.audit.append" in names
+    assert PASSWORD.encode() not in b"".join(receiver.bodies)

@@ -188,6 +188,11 @@ def _warm(module: ModuleType, generation: int) -> None:
                 _state = _OFF
                 _pending.clear()
         return
+    # Building it may have registered the backend's own exit handler (OpenTelemetry's
+    # meter provider exports and shuts down at exit): move ours after it, so that it runs
+    # first (handlers run last in, first out) and the last counts are in that export
+    atexit.unregister(_flush_at_exit)
+    atexit.register(_flush_at_exit)
     with _lock:
         if _state is not _WARMING or generation != _generation:
             return
@@ -253,4 +258,9 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-atexit.register(flush, 1.0)  # a short process (a CLI lookup) sends what it queued
+def _flush_at_exit() -> None:
+    """A short process (a CLI lookup) sends what it queued, waiting at most a second."""
+    flush(1.0)
+
+
+atexit.register(_flush_at_exit)
