@@ -31,7 +31,7 @@ class Mailbox:
     recipients: list[list[str]] = field(default_factory=list)
 
     def messages(self) -> list[EmailMessage]:
-        return [email.message_from_bytes(r, policy=email.policy.default)  # type: ignore[misc]
+        return [email.message_from_bytes(r, policy=email.policy.default)
                 for r in self.raw]
 
     def texts(self) -> list[str]:

@@ -178,19 +178,18 @@ def test_a_task_gets_a_secret_injected_over_http_and_is_denied_another(
 
 
 def test_only_valid_tokens_pass_and_roles_still_apply(served: Served) -> None:
-    read = {"json": {}}
-    nobody = served.call("POST", "read/ml/openai/api_key", **read)
+    nobody = served.call("POST", "read/ml/openai/api_key", json={})
     assert nobody.status_code == 401 and nobody.json()["error"] == "Unauthenticated"
-    forged = served.call("POST", "read/ml/openai/api_key", "mls_" + "A" * 43, **read)
+    forged = served.call("POST", "read/ml/openai/api_key", "mls_" + "A" * 43, json={})
     assert forged.status_code == 401
-    revoked = served.call("POST", "inject/ml/short", served.token("revoked"), **read)
+    revoked = served.call("POST", "inject/ml/short", served.token("revoked"), json={})
     assert revoked.status_code == 401 and "revoked" in revoked.json()["message"]
     time.sleep(1.2)
-    expired = served.call("POST", "inject/ml/short", served.token("expired"), **read)
+    expired = served.call("POST", "inject/ml/short", served.token("expired"), json={})
     assert expired.status_code == 401 and "expired" in expired.json()["message"]
-    viewer = served.call("POST", "read/ml/openai/api_key", served.token("viewer"), **read)
+    viewer = served.call("POST", "read/ml/openai/api_key", served.token("viewer"), json={})
     assert viewer.status_code == 403 and API_KEY not in viewer.text
-    pipeline = served.call("POST", "inject/ml/openai/api_key", served.token("pipeline"), **read)
+    pipeline = served.call("POST", "inject/ml/openai/api_key", served.token("pipeline"), json={})
     assert pipeline.status_code == 200
     assert base64.b64decode(pipeline.json()["value_b64"]).decode() == API_KEY
     for header, value in (("cache-control", "no-store"), ("x-content-type-options", "nosniff"),
