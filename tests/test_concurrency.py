@@ -3,7 +3,9 @@ SoftHSM2 token (``reset_on_fork = true``), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -120,3 +122,19 @@ def test_the_writer_queue_gives_up_as_sqlite_does_and_is_usable_again(tmp_path: 
     waiter.close()
     held.acquire(1)
     held.close()
+
+
+def test_the_queue_file_takes_the_database_file_mode_and_owner(tmp_path: Path) -> None:
+    """As SQLite's -wal and -shm: a database its owner shares with a group is queued for
+    by that group too; and one root opens for another user stays that user's."""
+    database = tmp_path / "shared.db"
+    database.touch(mode=0o640)
+    os.chmod(database, 0o640)
+    WriterQueue(str(database)).close()
+    lock = Path(f"{database}-lock")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o640
+    if os.geteuid() == 0:
+        lock.unlink()
+        os.chown(database, 65534, 65534)
+        WriterQueue(str(database)).close()
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
