@@ -1,9 +1,13 @@
-"""Lookup throughput on PostgreSQL with 1, 2 and 4 processes, in one run on one SoftHSM2
-token: each process (started with ``spawn``, so it inherits no session or connection) opens
-its own vault on the same throwaway database and token, warms up, waits at a common barrier,
-then calls ``vault.secrets.inject`` (authenticate, authorise, HSM unwrap, AES-GCM, a durable
-HSM-sealed audit record) in a loop for ``--seconds``. Prints lookups/s per process count
-and the ratios 2p/1p (goal >= 1.6) and 4p/2p (goal >= 1.0).
+"""Lookup throughput with 1, 2 and 4 processes, in one run on one SoftHSM2 token: each
+process (started with ``spawn``, so it inherits no session or connection) opens its own
+vault on the same throwaway database and token, warms up, waits at a common barrier, then
+calls ``vault.secrets.inject`` (authenticate, authorise, HSM unwrap, AES-GCM, a durable
+HSM-sealed audit record) in a loop for ``--seconds``.
+
+PostgreSQL: lookups/s per process count and the ratios 2p/1p (goal >= 1.6) and 4p/2p (goal
+>= 1.0). SQLite, which serialises writers: 8 processes with the vault's writer queue
+(``store/sqlite.py``) and without it (SQLite's ``busy_timeout`` alone), side by side, with
+lookups/s and the slowest single lookup, which is what a waiter that polls loses.
 
 Run: ``.venv/bin/python benchmarks/concurrency.py [--seconds 10] [--json]``
 """
@@ -33,23 +37,33 @@ GOALS = {"2p/1p": 1.6, "4p/2p": 1.0}
 
 
 def worker(settings: Settings, token: str, seconds: float, warmup: int, barrier: Barrier,
-           out: Any) -> None:
+           out: Any, queued: bool) -> None:
+    if not queued:  # SQLite's busy_timeout alone, as before the writer queue
+        from airflow_provider_mlsecrets.store.sqlite import QueuedConnection
+
+        def unqueued(self: QueuedConnection) -> None:
+            self.execute("BEGIN IMMEDIATE")
+
+        QueuedConnection.begin_immediate = unqueued  # type: ignore[method-assign]
     vault, caller = Vault(settings), Caller(token, {"component": "bench", "pid": os.getpid()})
     for _ in range(warmup):  # logs in to the token, opens the pool, fills the caches
         vault.secrets.inject(caller, PATH)
     barrier.wait()
-    count, start = 0, time.perf_counter()
+    count, slowest, start = 0, 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        began = time.perf_counter()
         vault.secrets.inject(caller, PATH)
+        slowest = max(slowest, time.perf_counter() - began)
         count += 1
-    out.put((count, time.perf_counter() - start))
+    out.put((count, time.perf_counter() - start, slowest))
 
 
 def run(processes: int, settings: Settings, token: str, seconds: float,
-        warmup: int) -> dict[str, float]:
+        warmup: int, queued: bool = True) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(settings, token, seconds, warmup, barrier, out))
+    procs = [ctx.Process(target=worker,
+                         args=(settings, token, seconds, warmup, barrier, out, queued))
              for _ in range(processes)]
     for p in procs:
         p.start()
@@ -58,9 +72,32 @@ def run(processes: int, settings: Settings, token: str, seconds: float,
         p.join()
         if p.exitcode != 0:
             raise SystemExit(f"a worker failed (exit code {p.exitcode})")
-    lookups = sum(count for count, _ in results)
+    lookups = sum(count for count, _, _ in results)
     return {"processes": processes, "lookups": lookups,
-            "per_second": sum(count / elapsed for count, elapsed in results)}
+            "per_second": sum(count / elapsed for count, elapsed, _ in results),
+            "slowest_ms": 1000 * max(slowest for _, _, slowest in results)}
+
+
+def prepare(bench: Any) -> str:
+    """The secret and a pipeline that may inject it; its token."""
+    vault, admin = bench.vault, bench.admin
+    vault.secrets.put(admin, PATH, b"sk-" + os.urandom(24).hex().encode())
+    token: str = vault.access.create_principal(admin, "bench-pipeline", "pipeline")
+    vault.access.grant(admin, "bench-pipeline", "ml/**", ["inject"])
+    vault.core.engine.dispose()  # the workers open their own connections
+    return token
+
+
+def sqlite_writers(seconds: float, warmup: int, processes: int = 8) -> list[dict[str, Any]]:
+    """The same lookups on SQLite with the writer queue and without it, alternated twice so
+    that drift falls on both."""
+    bench = new_vault(scratch("mlsecrets-conc-sqlite-"))
+    token = prepare(bench)
+    rows = []
+    for queued in (True, False, True, False):
+        row: dict[str, Any] = run(processes, bench.settings, token, seconds, warmup, queued)
+        rows.append({**row, "queue": "on" if queued else "off"})
+    return rows
 
 
 def main() -> None:
@@ -74,17 +111,14 @@ def main() -> None:
             print("PostgreSQL at 127.0.0.1:5432 is unreachable: nothing measured")
             return
         bench = new_vault(scratch("mlsecrets-conc-"), url)
-        vault, admin = bench.vault, bench.admin
-        vault.secrets.put(admin, PATH, b"sk-" + os.urandom(24).hex().encode())
-        token = vault.access.create_principal(admin, "bench-pipeline", "pipeline")
-        vault.access.grant(admin, "bench-pipeline", "ml/**", ["inject"])
-        vault.core.engine.dispose()  # the workers open their own connections
+        token = prepare(bench)
         rows = [run(p, bench.settings, token, args.seconds, args.warmup) for p in (1, 2, 4)]
     rate = {row["processes"]: row["per_second"] for row in rows}
     ratios = {"2p/1p": rate[2] / rate[1], "4p/2p": rate[4] / rate[2]}
+    sqlite_rows = sqlite_writers(args.seconds, args.warmup)
     if args.json:
         print(json.dumps({"seconds": args.seconds, "cpus": os.cpu_count(), "runs": rows,
-                          "ratios": ratios, "goals": GOALS}, indent=2))
+                          "ratios": ratios, "goals": GOALS, "sqlite": sqlite_rows}, indent=2))
         return
     print(f"vault.secrets.inject on PostgreSQL, {args.seconds:g} s per run, "
           f"{os.cpu_count()} CPUs (the PostgreSQL server shares them)")
@@ -94,6 +128,12 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name} = {value:.2f}x (goal >= {GOALS[name]}x: "
               f"{'met' if value >= GOALS[name] else 'NOT met'})")
+    print(f"\nvault.secrets.inject on SQLite, 8 processes, {args.seconds:g} s per run, the "
+          "writer queue on and off in alternation")
+    print(f"{'queue':>6}{'lookups':>10}{'lookups/s':>12}{'slowest lookup':>16}")
+    for row in sqlite_rows:
+        print(f"{row['queue']:>6}{row['lookups']:>10,}{row['per_second']:>12,.0f}"
+              f"{row['slowest_ms']:>13,.0f} ms")
 
 
 if __name__ == "__main__":
