@@ -321,10 +321,19 @@ def test_migration_0003_gives_an_older_vault_its_other_chains(env: Env) -> None:
 
     from airflow_provider_mlsecrets.store.migrate import _config
 
+    tables = ("mlsecrets_principals", "mlsecrets_secrets")
+    with engine.connect() as c:  # rows sealed since 0009 carry their generation in their MAC
+        generations = {t: c.execute(text(f"SELECT id, generation FROM {t}")).all()
+                       for t in tables}
     command.downgrade(_config(engine), "0002")  # the vault as revision 0002 left it
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM mlsecrets_audit_head")).scalar_one() == 1
     assert upgrade(engine) is True
+    with engine.begin() as c:  # 0002 had no generations: put them back, to look at 0003 only
+        for table, rows in generations.items():
+            for row_id, generation in rows:
+                c.execute(text(f"UPDATE {table} SET generation = :g WHERE id = :i"),
+                          {"g": generation, "i": row_id})
     with engine.connect() as c:
         heads = c.execute(text("SELECT chain, seq FROM mlsecrets_audit_head ORDER BY chain")).all()
     assert [tuple(h) for h in heads] == [(1, heads[0].seq), (2, 0), (3, 0), (4, 0)]

@@ -60,3 +60,31 @@ def test_break_glass_row_mac_known_answers() -> None:
                         "f18a4bab5e95aacaffed9f05893e4078a55d8267e58a769be7072453a2dbcea5")):
         assert hmac.new(KEY, data, hashlib.sha256).hexdigest() == want
         assert want in doc
+
+
+def test_generation_row_mac_known_answers() -> None:
+    """From generation 1 on, the -v2 encodings (the generation after the tag); at 0, -v1."""
+    from datetime import datetime, timezone
+
+    from airflow_provider_mlsecrets.service._integrity import _principal_bytes
+    from airflow_provider_mlsecrets.store.models import Grant, Principal
+
+    doc = (ROOT / "docs" / "formats.md").read_text()
+    secret = Secret(path="ml/openai/api_key", latest_version=3, current_version=3,
+                    deleted_at=None, max_versions=None, rotation=None, generation=7)
+    data = _secret_bytes(VAULT, secret)
+    assert data.startswith(bytes.fromhex("00000013" + b"mlsecrets-secret-v2".hex()
+                                         + "00000008" + "0000000000000007"))
+    want = "a685551e7c55add061c0a98799fc9823c0b0c4a4e6c7c5b6c51d068217616a1a"
+    assert hmac.new(KEY, data, hashlib.sha256).hexdigest() == want and want in doc
+    grants = [Grant(pattern="ml/**", effect="allow", capabilities="inject,list"),
+              Grant(pattern="ml/prod/**", effect="deny", capabilities="inject")]
+    principal = Principal(name="etl", role="pipeline", token_hash=b"\x11" * 32,
+                          expires_at=datetime(2027, 1, 31, tzinfo=timezone.utc),
+                          revoked_at=None, generation=2)
+    want = "d190ee8bf6fda250021624e443e8e862c92f0b0f72182e119baf3be986aa9fe6"
+    got = hmac.new(KEY, _principal_bytes(VAULT, principal, grants), hashlib.sha256)
+    assert got.hexdigest() == want and want in doc
+    principal.generation = 0
+    got = hmac.new(KEY, _principal_bytes(VAULT, principal, grants), hashlib.sha256)
+    assert got.hexdigest().startswith("6a5edb95")

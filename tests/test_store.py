@@ -30,7 +30,7 @@ def test_migrations_build_exactly_the_models(database: Database) -> None:
     tables = set(inspect(engine).get_table_names())
     assert VERSION_TABLE in tables and "alembic_version" not in tables
     assert all(t.startswith("mlsecrets_") for t in tables)
-    assert current_revision(engine) == "0008"
+    assert current_revision(engine) == "0009"
 
 
 def test_airflow_lists_the_provider(tmp_path: Path) -> None:

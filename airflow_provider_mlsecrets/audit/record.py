@@ -37,8 +37,14 @@ def format_ts(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# the context key naming the rows an operation sealed (audit/freshness.py): the vault's
+# alone, so a caller's context never carries it into a record
+WROTE = "wrote"
+
+
 def canonical_context(context: Mapping[str, ContextValue]) -> str:
-    return json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({k: v for k, v in context.items() if k != WROTE}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)

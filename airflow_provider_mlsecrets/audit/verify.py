@@ -7,7 +7,8 @@ attacker with database access recomputed the hashes after changing one. Because 
 never seals over a head it has not checked (audit/log.py), the newest seal vouches for the
 whole chain. A pruned chain starts from its anchor, sealed as an anchor and named by its
 prune's own record. The HSM's high-water marks (audit/mark.py) prove that the database was
-not rolled back or its tail cut off; exported checkpoints do the same from outside.
+not rolled back or its tail cut off; exported checkpoints do the same from outside. Once
+the trail is proven intact, the rows it names are checked against it (audit/freshness.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Result, Row, func, null, select
 
 from airflow_provider_mlsecrets import canonical
-from airflow_provider_mlsecrets.audit import anchor
+from airflow_provider_mlsecrets.audit import anchor, freshness
 from airflow_provider_mlsecrets.audit import mark as hsm_mark
 from airflow_provider_mlsecrets.audit.checkpoint import ChainPoint, Checkpoint
 from airflow_provider_mlsecrets.audit.log import CHAINS
@@ -117,6 +118,9 @@ def verify(connection: Connection, keys: KeyProvider, vault_id: str, *,
                 continue
             _check_point(keys, point, heads.get(point.chain),
                          walked.get((point.chain, point.seq)), report)
+    if report.ok:  # only an intact trail can say which rows are behind it
+        for chain, _, problem in freshness.behind(connection):
+            report.fail(chain, None, problem)  # the record it names is sound; the row is not
     if report.ok:
         report.heads = {chain: (h.seq, h.hash) for chain, h in heads.items()}
     return report

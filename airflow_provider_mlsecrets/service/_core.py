@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from airflow_provider_mlsecrets import metrics
 from airflow_provider_mlsecrets._process import disable_core_dumps
 from airflow_provider_mlsecrets.audit import log as audit_log
+from airflow_provider_mlsecrets.audit.freshness import with_written
 from airflow_provider_mlsecrets.audit.record import (
     ContextValue,
     Entry,
@@ -51,7 +52,7 @@ from airflow_provider_mlsecrets.keys import KeyProvider
 from airflow_provider_mlsecrets.policy.decide import Decision, Rule, decide
 from airflow_provider_mlsecrets.policy.roles import Capability, Role, parse_capabilities
 from airflow_provider_mlsecrets.policy.tokens import token_hash, well_formed
-from airflow_provider_mlsecrets.service._integrity import principal_intact
+from airflow_provider_mlsecrets.service._integrity import collecting, principal_intact
 from airflow_provider_mlsecrets.service._marks import Marks
 from airflow_provider_mlsecrets.settings import Settings
 from airflow_provider_mlsecrets.store import models
@@ -238,9 +239,10 @@ class Core:
                     request_id=base.request_id)
             try:
                 with self.database_errors():
-                    yield op
+                    with collecting() as sealed:
+                        yield op
                     chain = self._append(session, base, actor.name, actor.role.value,
-                                         op.outcome, op.reason, op.version)
+                                         op.outcome, op.reason, op.version, sealed)
                     session.commit()
             except BaseException as exc:
                 session.rollback()
@@ -323,13 +325,16 @@ class Core:
         return principal
 
     def _append(self, session: Session, base: _Base, principal: str, roles: str,
-                outcome: Outcome, reason: str, version: int | None) -> int:
-        """Append the record; the chain it went to."""
+                outcome: Outcome, reason: str, version: int | None,
+                sealed: Sequence[tuple[str, str, int]] = ()) -> int:
+        """Append the record (naming the generations of the rows ``sealed``, see
+        audit/freshness.py); the chain it went to."""
         started = time.perf_counter()
+        context = base.context if not sealed else with_written(base.context, sealed)
         chain = audit_log.append(session, self.keys, Entry(
             ts=format_ts(utcnow()), principal=principal, roles=roles, action=base.action,
             path=base.path, version=version, outcome=outcome.value, reason=reason,
-            request_id=base.request_id, context=base.context), self.vault_id(session))[0]
+            request_id=base.request_id, context=context), self.vault_id(session))[0]
         metrics.append(time.perf_counter() - started)
         return chain
 
@@ -375,6 +380,7 @@ class _Principal:
     expires_at: datetime | None
     revoked_at: datetime | None
     mac: bytes | None
+    generation: int
     grants: tuple[_Grant, ...]
 
     @classmethod
@@ -383,7 +389,7 @@ class _Principal:
             return None
         p = rows[0]
         return cls(name=p.name, role=p.role, token_hash=p.token_hash, expires_at=p.expires_at,
-                   revoked_at=p.revoked_at, mac=p.mac, grants=tuple(
+                   revoked_at=p.revoked_at, mac=p.mac, generation=p.generation, grants=tuple(
                        _Grant(r.pattern, r.effect, r.capabilities)
                        for r in rows if r.pattern is not None))
 

@@ -98,6 +98,9 @@ class Secret(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # how many times the vault has sealed this row, under its MAC and named in the audit
+    # record of each change, so that an older copy put back is behind the trail
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     versions: Mapped[list[SecretVersion]] = relationship(
         back_populates="secret", order_by="SecretVersion.version"
     )
@@ -172,6 +175,9 @@ class Principal(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # how many times the vault has sealed this row, under its MAC and named in the audit
+    # record of each change, so that an older copy put back is behind the trail
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     grants: Mapped[list[Grant]] = relationship(back_populates="principal", order_by="Grant.id")
 
 
@@ -201,6 +207,9 @@ class VaultPolicy(Base):
     changed_by: Mapped[str] = mapped_column(String(128))
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # how many times the vault has sealed this row, under its MAC and named in the audit
+    # record of each change, so that an older copy put back is behind the trail
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AccessRequest(Base):
@@ -221,6 +230,9 @@ class AccessRequest(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # how many times the vault has sealed this row, under its MAC and named in the audit
+    # record of each change, so that an older copy put back is behind the trail
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditHead(Base):
