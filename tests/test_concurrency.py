@@ -138,3 +138,30 @@ def test_the_queue_file_takes_the_database_file_mode_and_owner(tmp_path: Path) -
         os.chown(database, 65534, 65534)
         WriterQueue(str(database)).close()
         assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+
+
+def test_a_writer_waits_as_long_as_others_commit_and_gives_up_only_when_none_does(
+        tmp_path: Path) -> None:
+    """A regression (CI, 8 processes on a loaded host): a lookup gave up after 30 s behind
+    writers that were committing all along. The timeout counts from the last commit seen."""
+    held = WriterQueue(str(tmp_path / "q.db"))
+    waiter = WriterQueue(str(tmp_path / "q.db"))
+    commits = [0]
+
+    def others_commit_then_let_go() -> None:
+        for _ in range(8):
+            time.sleep(0.1)
+            commits[0] += 1
+        held.release()
+
+    held.acquire(1)
+    thread = threading.Thread(target=others_commit_then_let_go)
+    thread.start()
+    waiter.acquire(0.3, lambda: commits[0])  # 0.8 s behind a busy holder: waited for
+    thread.join()
+    waiter.release()
+    held.acquire(1)
+    with pytest.raises(sqlite3.OperationalError, match="no other writer committed"):
+        waiter.acquire(0.3, lambda: commits[0])  # nobody commits: given up on
+    held.close()
+    waiter.close()

@@ -27,7 +27,19 @@ def _reset_lock_in_child() -> None:
     _LOCK = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reset_lock_in_child)
+def _close_idle_sqlite_before_fork() -> None:
+    """SQLite must not be carried across ``fork``: a child inherits an open connection's
+    file descriptors and SQLite's per-process lock bookkeeping for the file, which its own
+    connections then share. Close this process's idle SQLite connections first (reopened
+    on next use); one in use by another thread at this moment stays, as it must."""
+    pid = os.getpid()
+    for (owner, _), engine in list(_ENGINES.items()):
+        if owner == pid and engine.dialect.name == "sqlite":
+            engine.pool.dispose()
+
+
+os.register_at_fork(before=_close_idle_sqlite_before_fork,
+                    after_in_child=_reset_lock_in_child)
 
 
 def engine_for(url: str) -> Engine:

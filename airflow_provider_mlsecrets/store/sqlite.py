@@ -16,6 +16,13 @@ behind a writer that begins again at once: in after 200 of 200 of its writes bef
 a few now). The lock only orders writers: SQLite's own lock still guards the data, and
 anything that writes without this queue (the ``sqlite3`` shell, another program) is still
 waited for by ``busy_timeout``. A lock file is per host, as SQLite is.
+
+The kernel wakes every waiter at a release and the first to run takes the lock, so the
+queue is fair in practice, not by construction: on a loaded host a waiter can still lose
+many turns. So a waiter gives up ("database is locked") only after 30 s in which no other
+writer committed (``PRAGMA data_version`` did not change): a busy database is waited for,
+only a stuck one fails (seen in CI: a lookup gave up after 30 s behind seven processes that
+were committing all along).
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-BUSY_TIMEOUT_MS = 30_000  # the longest a writer waits: in the queue, then for SQLite
+from sqlalchemy import exc as sa_exc
+
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits with no other writer committing
+_LOOK = 1.0  # seconds between two looks, while waiting, at whether other writers commit
 
 
 class WriterQueue:
@@ -53,28 +65,36 @@ class WriterQueue:
             os.fchown(fd, owner.st_uid, owner.st_gid)
         return fd
 
-    def acquire(self, timeout: float) -> None:
-        """Take the lock, waiting at most ``timeout`` seconds (then "database is locked",
-        as SQLite says it, so the store reports it as it reports SQLite's own)."""
+    def acquire(self, timeout: float, progress: Callable[[], object] | None = None) -> None:
+        """Take the lock. Give up ("database is locked", as SQLite says it, so the store
+        reports it as it reports SQLite's own) only once ``timeout`` seconds have passed
+        with no change in ``progress()`` (a value that changes whenever another writer
+        commits): a busy queue is waited for, a stuck one is not."""
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._wait(timeout)
+            self._wait(timeout, progress)
         self._held = True
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float, progress: Callable[[], object] | None) -> None:
         """Wait in the kernel on a helper thread, since a blocking ``flock`` takes no
         timeout. A waiter given up on closes its descriptor once it has the lock (which
         releases it), and this connection queues on a fresh descriptor next time."""
         waiter = _Waiter(self._fd)
         threading.Thread(target=waiter.run, name="mlsecrets-sqlite-queue", daemon=True).start()
-        if waiter.granted.wait(timeout) or not waiter.give_up():
-            if waiter.error is not None:
-                raise sqlite3.OperationalError(f"cannot lock {self.path}: {waiter.error}")
-            return
-        self._fd = self._open()
-        raise sqlite3.OperationalError(
-            f"database is locked (waited {timeout:.0f} s behind other writers)")
+        seen = progress() if progress is not None else None
+        deadline = time.monotonic() + timeout
+        while not waiter.granted.wait(max(0.0, min(_LOOK, deadline - time.monotonic()))):
+            if progress is not None and (now := progress()) != seen:
+                seen, deadline = now, time.monotonic() + timeout  # busy, not stuck
+            elif time.monotonic() >= deadline:
+                if waiter.give_up():
+                    self._fd = self._open()
+                    raise sqlite3.OperationalError(
+                        f"database is locked (no other writer committed for {timeout:.0f} s)")
+                break  # granted just now
+        if waiter.error is not None:
+            raise sqlite3.OperationalError(f"cannot lock {self.path}: {waiter.error}")
 
     def release(self) -> None:
         # a forked child shares its parent's open file description, and with it the
@@ -130,7 +150,7 @@ class QueuedConnection(sqlite3.Connection):
 
     def begin_immediate(self) -> None:
         if self.queue is not None:
-            self.queue.acquire(BUSY_TIMEOUT_MS / 1000)
+            self.queue.acquire(BUSY_TIMEOUT_MS / 1000, self._data_version)
         try:
             self.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -156,6 +176,10 @@ class QueuedConnection(sqlite3.Connection):
             if self.queue is not None:
                 self.queue.close()
 
+    def _data_version(self) -> int:
+        """Changes whenever another connection commits (read with no lock held)."""
+        return int(self.execute("PRAGMA data_version").fetchone()[0])
+
     def _release(self) -> None:
         if self.queue is not None:
             self.queue.release()
@@ -174,5 +198,10 @@ def configure(dbapi_connection: Any, _record: Any) -> None:
 
 
 def begin(connection: Any) -> None:
-    """SQLAlchemy's ``begin`` event: queue, then take SQLite's write lock."""
-    connection.connection.dbapi_connection.begin_immediate()
+    """SQLAlchemy's ``begin`` event: queue, then take SQLite's write lock. SQLAlchemy does
+    not wrap what an event raises, so a failure is wrapped here as its own would be (the
+    store then reports it like any database failure, nothing changed)."""
+    try:
+        connection.connection.dbapi_connection.begin_immediate()
+    except sqlite3.Error as exc:
+        raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from None
