@@ -165,3 +165,31 @@ def test_a_writer_waits_as_long_as_others_commit_and_gives_up_only_when_none_doe
         waiter.acquire(0.3, lambda: commits[0])  # nobody commits: given up on
     held.close()
     waiter.close()
+
+
+def test_concurrent_changes_to_one_principal_all_land_under_one_mac(env: Env) -> None:
+    """Grants given to one principal by four threads at once (PostgreSQL runs them in
+    parallel): each change locks the principal, so the last seal covers every grant and the
+    generations the trail names are the row's. (A guard: the race it closes is narrow, and
+    this did not catch it in three runs without the lock.)"""
+    pipeline = env.principal("pipe", "pipeline")
+    env.vault.secrets.put(env.admin, "conc/p3/key", b"v")
+    errors: list[str] = []
+
+    def give(n: int) -> None:
+        try:
+            for round_ in range(3):
+                env.vault.access.grant(env.admin, "pipe", f"conc/p{n}/r{round_}/**", ["inject"])
+            env.vault.access.grant(env.admin, "pipe", f"conc/p{n}/**", ["inject"])
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=give, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert env.vault.secrets.inject(pipeline, "conc/p3/key") == b"v"  # its MAC holds
+    assert len(env.vault.access.policy(env.admin, "pipe")) >= 16
+    assert env.vault.audit.verify(env.admin).ok

@@ -210,9 +210,11 @@ class AccessService:
             return out
 
     def _principal(self, session: Session, name: str) -> Principal:
-        """The principal, checked: a tampered row is never used, nor re-sealed as valid."""
-        principal = session.execute(
-            select(Principal).where(Principal.name == name)).scalar_one_or_none()
+        """The principal, checked: a tampered row is never used, nor re-sealed as valid.
+        Locked (PostgreSQL), so that two changes to one principal's grants cannot each seal
+        a MAC over its own view of them, nor the same generation."""
+        principal = session.execute(select(Principal).where(Principal.name == name)
+                                    .with_for_update()).scalar_one_or_none()
         if principal is None:
             raise NotFound(f"no principal named {name!r}")
         self._check(session, principal)

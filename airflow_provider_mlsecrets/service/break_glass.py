@@ -176,6 +176,9 @@ class BreakGlassService:
         if not added and not removed:
             raise InvalidInput("give a pattern to add or to remove")
         with self._core.operation(caller, "policy.critical", Capability.GRANT) as op:
+            # one change at a time (PostgreSQL): two would each write their own list, and
+            # the same generation
+            op.session.get(VaultPolicy, CRITICAL, with_for_update=True)
             patterns = critical_patterns(self._core, op.session)
             unknown = [p for p in removed if p not in patterns]
             if unknown:
