@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -235,7 +236,8 @@ def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int,
             with log.open("wb") as out:
                 cluster.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "airflow", *command], env=process_env,
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)  # its own group: see below
         yield
     finally:
         for process in cluster.processes.values():
@@ -246,6 +248,11 @@ def control_plane(cluster: Cluster, base: Path, vault_home: Path, port: int,
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+        for process in cluster.processes.values():
+            # what each left behind: LocalExecutor workers ignore SIGTERM and outlived the
+            # scheduler (CI found them idle 40 minutes later)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _wait_until_ready(cluster: Cluster) -> None:
