@@ -5,17 +5,18 @@ takes SQLite's write lock up front with ``BEGIN IMMEDIATE``. SQLite's ``busy_tim
 not queue the writers it makes wait: each one sleeps and retries, up to 100 ms apart, while
 a writer that has just committed takes the lock again a millisecond later. Under steady load
 a waiter can miss every free moment until its timeout, and an ordinary lookup fails with
-"database is locked" while the others go on (measured: one operation waited 1.7 s of a 2 s
-run of eight processes; ``tests/test_concurrency.py``).
+"database is locked" while the others go on (``benchmarks/concurrency.py``, eight processes
+without the queue: the slowest lookup waited 1.6 s of a 5 s run; about 0.1 s with it).
 
 So before ``BEGIN IMMEDIATE`` a connection takes an exclusive ``flock`` on ``<db>-lock``, a
 file beside the database (with its mode and owner, as ``-wal`` and ``-shm``), and keeps it
 until its transaction ends. Waiters sleep in the kernel and are woken the moment it is
-released, so a release goes to a waiter, not back to the writer that just held it (a waiter
-behind a writer that begins again at once: in after 200 of 200 of its writes before, within
-a few now). The lock only orders writers: SQLite's own lock still guards the data, and
-anything that writes without this queue (the ``sqlite3`` shell, another program) is still
-waited for by ``busy_timeout``. A lock file is per host, as SQLite is.
+released, so a release usually goes to a waiter rather than back to the writer that just
+held it (``tests/test_concurrency.py``: a waiter behind a writer that begins again at once
+got in after 200 of 200 of its writes before, within a few now). The lock only orders
+writers: SQLite's own lock still guards the data, and anything that writes without this
+queue (the ``sqlite3`` shell, another program) is still waited for by ``busy_timeout``. A
+lock file is per host, as SQLite is.
 
 The kernel wakes every waiter at a release and the first to run takes the lock, so the
 queue is fair in practice, not by construction: on a loaded host a waiter can still lose
